@@ -1,0 +1,163 @@
+//! Error types of the library. Each names what was wrong so a binary can add the file it came from.
+
+use thiserror::Error;
+
+/// A configuration that cannot describe a BERT model.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The JSON did not parse or a field had the wrong type or value.
+    #[error("invalid BERT config JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// The fields parsed but contradict each other or the architecture.
+    #[error("invalid BERT config: {0}")]
+    Invalid(String),
+    /// `from_preset` was given a name it does not know.
+    #[error("unknown preset {0:?} (known: base, large)")]
+    UnknownPreset(String),
+}
+
+/// A checkpoint that cannot be read or does not fit the model.
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: String,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid checkpoint of the format the file claims.
+    #[error("{source_name}: not a readable {format} checkpoint: {message}")]
+    Format {
+        /// Where the bytes came from (a path or a URL).
+        source_name: String,
+        /// `safetensors` or `PyTorch`.
+        format: &'static str,
+        /// What the reader said.
+        message: String,
+    },
+    /// The content is neither safetensors nor a PyTorch pickle.
+    #[error("{0}: neither a safetensors nor a PyTorch checkpoint (unrecognised content)")]
+    UnknownFormat(String),
+    /// A tensor exists in both but with different shapes.
+    #[error("{source_name}: tensor {name} has shape {found:?} but the model expects {expected:?}")]
+    ShapeMismatch {
+        /// Where the checkpoint came from.
+        source_name: String,
+        /// Hugging Face name of the tensor.
+        name: String,
+        /// Shape the model's configuration implies.
+        expected: Vec<usize>,
+        /// Shape stored in the checkpoint.
+        found: Vec<usize>,
+    },
+    /// Tensors the model needs are absent.
+    #[error("{source_name}: missing tensors: {}", names.join(", "))]
+    Missing {
+        /// Where the checkpoint came from.
+        source_name: String,
+        /// Hugging Face names of the absent tensors.
+        names: Vec<String>,
+    },
+    /// The checkpoint holds tensors the model has no place for.
+    #[error("{source_name}: unexpected tensors: {}", names.join(", "))]
+    Unexpected {
+        /// Where the checkpoint came from.
+        source_name: String,
+        /// Their names as stored.
+        names: Vec<String>,
+    },
+    /// A tensor could not be converted or materialised.
+    #[error("{source_name}: tensor {name}: {message}")]
+    Tensor {
+        /// Where the checkpoint came from.
+        source_name: String,
+        /// Name of the tensor.
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// A tokenizer that cannot be built or an input it cannot encode.
+#[derive(Debug, Error)]
+pub enum TokenizerError {
+    /// The vocabulary or `tokenizer.json` could not be parsed.
+    #[error("cannot build tokenizer: {0}")]
+    Build(String),
+    /// A special token BERT needs is not in the vocabulary.
+    #[error("the vocabulary has no {0} token")]
+    MissingSpecialToken(&'static str),
+    /// Encoding failed inside the tokenizer.
+    #[error("cannot tokenize input: {0}")]
+    Encode(String),
+}
+
+/// Model inputs that do not fit the model.
+#[derive(Debug, Error)]
+pub enum InputError {
+    /// The rows of a batch or the three id matrices disagree in shape.
+    #[error("{0}")]
+    Shape(String),
+    /// An id is outside the range its embedding table covers.
+    #[error("{name} contains {value} at row {row}, column {column}; valid ids are 0..{limit}")]
+    OutOfRange {
+        /// `input_ids`, `token_type_ids` or `attention_mask`.
+        name: &'static str,
+        /// The offending value.
+        value: i64,
+        /// Its row.
+        row: usize,
+        /// Its column.
+        column: usize,
+        /// One past the largest valid value.
+        limit: usize,
+    },
+}
+
+/// A pretrained model folder that cannot be used.
+#[derive(Debug, Error)]
+pub enum PretrainedError {
+    /// A required file is absent.
+    #[error("{dir}: no {what} found (looked for {candidates})")]
+    NotFound {
+        /// The folder searched.
+        dir: String,
+        /// What was searched for.
+        what: &'static str,
+        /// The file names tried.
+        candidates: String,
+    },
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is invalid.
+    #[error("{path}: {source}")]
+    Config {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        #[source]
+        source: ConfigError,
+    },
+    /// The weights cannot be read or applied.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The tokenizer files cannot be used.
+    #[error("{path}: {source}")]
+    Tokenizer {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        #[source]
+        source: TokenizerError,
+    },
+}

@@ -1,0 +1,46 @@
+//! # bert-core
+//!
+//! A backend-generic BERT (the model of NVIDIA's "BERT for PyTorch" recipe) on [burn]: the
+//! encoder and its task heads, Hugging Face / NVIDIA checkpoints in and out, and WordPiece
+//! tokenization. It has no native-only dependency and builds for `wasm32-unknown-unknown`.
+//!
+//! Encode a sentence with a freshly initialised (tiny) model on the CPU backend:
+//!
+//! ```
+//! use bert_core::model::BertModel;
+//! use bert_core::tokenizer::BertTokenizer;
+//! use bert_core::BertConfig;
+//! use burn::backend::NdArray;
+//!
+//! let vocab = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nhello\nworld\n";
+//! let tokenizer = BertTokenizer::from_vocab(vocab, true)?;
+//! let config = BertConfig {
+//!     vocab_size: tokenizer.vocab_size(),
+//!     hidden_size: 32,
+//!     num_hidden_layers: 2,
+//!     num_attention_heads: 4,
+//!     intermediate_size: 64,
+//!     ..BertConfig::base()
+//! };
+//! let device = Default::default();
+//! let model = BertModel::<NdArray>::new(&config, true, &device);
+//!
+//! let encoding = tokenizer.encode("Hello world", None, None)?;
+//! let input = tokenizer.batch(&[encoding], None).to_input(&config, &device)?;
+//! let output = model.forward(input);
+//! assert_eq!(output.sequence_output.dims(), [1, 4, 32]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A real checkpoint is loaded with [`pretrained::ModelFiles`] and [`pretrained::load_model`], or
+//! with [`checkpoint::Checkpoint`] into any of the [`model`] types.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod model;
+pub mod pretrained;
+pub mod tokenizer;
+
+pub use config::BertConfig;

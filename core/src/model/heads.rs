@@ -1,0 +1,277 @@
+//! Task heads on top of [`BertModel`]: pretraining (MLM + NSP), question answering, sequence
+//! classification, and [`BertWithHeads`], which carries whichever heads a checkpoint holds.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::config::{BertConfig, HiddenAct};
+use crate::model::bert::{activation, dense, layer_norm, BertModel};
+use crate::model::BertInput;
+
+/// The masked-LM head: `LayerNorm(act(W h))` projected onto the (tied) word embeddings plus a bias.
+#[derive(Module, Debug)]
+pub struct MaskedLmHead<B: Backend> {
+    /// The transform's dense layer (`cls.predictions.transform.dense`).
+    pub transform: Linear<B>,
+    /// The transform's LayerNorm (`cls.predictions.transform.LayerNorm`).
+    pub transform_layer_norm: LayerNorm<B>,
+    /// The decoder's own bias over the vocabulary (`cls.predictions.bias`).
+    pub bias: Param<Tensor<B, 1>>,
+    /// The transform's non-linearity.
+    pub hidden_act: HiddenAct,
+}
+
+impl<B: Backend> MaskedLmHead<B> {
+    /// A zero-bias head initialised as NVIDIA does.
+    pub fn new(config: &BertConfig, device: &B::Device) -> Self {
+        Self {
+            transform: dense(config, config.hidden_size, config.hidden_size, device),
+            transform_layer_norm: layer_norm(config, device),
+            bias: Param::from_tensor(Tensor::zeros([config.vocab_size], device)),
+            hidden_act: config.hidden_act,
+        }
+    }
+
+    /// `hidden_states` `[N, H]` and the word embeddings `[V, H]` to logits `[N, V]`.
+    pub fn forward(
+        &self,
+        hidden_states: Tensor<B, 2>,
+        word_embeddings: Tensor<B, 2>,
+    ) -> Tensor<B, 2> {
+        let transformed = self.transform_layer_norm.forward(activation(
+            self.hidden_act,
+            self.transform.forward(hidden_states),
+        ));
+        transformed.matmul(word_embeddings.transpose()) + self.bias.val().unsqueeze()
+    }
+
+    /// The same over every position: `[B, S, H]` to `[B, S, V]`.
+    pub fn forward_sequence(
+        &self,
+        sequence_output: Tensor<B, 3>,
+        word_embeddings: Tensor<B, 2>,
+    ) -> Tensor<B, 3> {
+        let [batch_size, seq_len, hidden] = sequence_output.dims();
+        let logits = self.forward(
+            sequence_output.reshape([batch_size * seq_len, hidden]),
+            word_embeddings,
+        );
+        let vocab_size = logits.dims()[1];
+        logits.reshape([batch_size, seq_len, vocab_size])
+    }
+}
+
+/// Splits `[B, S, 2]` span logits into start and end logits, each `[B, S]`.
+pub fn split_span_logits<B: Backend>(logits: Tensor<B, 3>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let [batch_size, seq_len, _] = logits.dims();
+    let start = logits
+        .clone()
+        .narrow(2, 0, 1)
+        .reshape([batch_size, seq_len]);
+    let end = logits.narrow(2, 1, 1).reshape([batch_size, seq_len]);
+    (start, end)
+}
+
+fn pooled<B: Backend>(pooled_output: Option<Tensor<B, 2>>) -> Tensor<B, 2> {
+    pooled_output.expect("models with a sentence-level head are always built with a pooler")
+}
+
+/// `BertForPreTraining`: masked-LM and next-sentence-prediction heads.
+#[derive(Module, Debug)]
+pub struct BertForPreTraining<B: Backend> {
+    /// The encoder, with its pooler.
+    pub bert: BertModel<B>,
+    /// Masked-LM head (`cls.predictions`).
+    pub mlm: MaskedLmHead<B>,
+    /// Next-sentence head (`cls.seq_relationship`), `[H] -> [2]`; label 1 means "random next".
+    pub nsp: Linear<B>,
+}
+
+impl<B: Backend> BertForPreTraining<B> {
+    /// A freshly initialised pretraining model.
+    pub fn new(config: &BertConfig, device: &B::Device) -> Self {
+        Self {
+            bert: BertModel::new(config, true, device),
+            mlm: MaskedLmHead::new(config, device),
+            nsp: dense(config, config.hidden_size, 2, device),
+        }
+    }
+
+    /// MLM logits at every position `[B, S, V]` and NSP logits `[B, 2]`.
+    pub fn forward(&self, input: BertInput<B>) -> (Tensor<B, 3>, Tensor<B, 2>) {
+        let output = self.bert.forward(input);
+        let mlm_logits = self
+            .mlm
+            .forward_sequence(output.sequence_output, self.bert.word_embeddings());
+        let nsp_logits = self.nsp.forward(pooled(output.pooled_output));
+        (mlm_logits, nsp_logits)
+    }
+}
+
+/// `BertForQuestionAnswering`: start and end logits of the answer span.
+#[derive(Module, Debug)]
+pub struct BertForQuestionAnswering<B: Backend> {
+    /// The encoder (no pooler: span prediction reads every position).
+    pub bert: BertModel<B>,
+    /// `[H] -> [2]` per position: start and end logits.
+    pub qa_outputs: Linear<B>,
+}
+
+impl<B: Backend> BertForQuestionAnswering<B> {
+    /// A freshly initialised question-answering model.
+    pub fn new(config: &BertConfig, device: &B::Device) -> Self {
+        Self {
+            bert: BertModel::new(config, false, device),
+            qa_outputs: dense(config, config.hidden_size, 2, device),
+        }
+    }
+
+    /// Start and end logits, each `[B, S]`.
+    pub fn forward(&self, input: BertInput<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let output = self.bert.forward(input);
+        split_span_logits(self.qa_outputs.forward(output.sequence_output))
+    }
+}
+
+/// `BertForSequenceClassification`: a linear classifier on the pooled output.
+#[derive(Module, Debug)]
+pub struct BertForSequenceClassification<B: Backend> {
+    /// The encoder, with its pooler.
+    pub bert: BertModel<B>,
+    /// Dropout on the pooled output (training only).
+    pub dropout: Dropout,
+    /// `[H] -> [num_labels]`.
+    pub classifier: Linear<B>,
+}
+
+impl<B: Backend> BertForSequenceClassification<B> {
+    /// A freshly initialised classifier over `num_labels` classes.
+    pub fn new(config: &BertConfig, num_labels: usize, device: &B::Device) -> Self {
+        Self {
+            bert: BertModel::new(config, true, device),
+            dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            classifier: dense(config, config.hidden_size, num_labels, device),
+        }
+    }
+
+    /// Class logits `[B, num_labels]`.
+    pub fn forward(&self, input: BertInput<B>) -> Tensor<B, 2> {
+        let output = self.bert.forward(input);
+        self.classifier
+            .forward(self.dropout.forward(pooled(output.pooled_output)))
+    }
+}
+
+/// Which heads a model carries; [`crate::checkpoint::Checkpoint::heads`] reads it off a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Heads {
+    /// The pooler (`bert.pooler.dense`).
+    pub pooler: bool,
+    /// Masked-LM head (`cls.predictions`).
+    pub mlm: bool,
+    /// Next-sentence head (`cls.seq_relationship`).
+    pub nsp: bool,
+    /// Span head (`qa_outputs`).
+    pub qa: bool,
+    /// Number of classes of a sequence classifier (`classifier`), if any.
+    pub classifier_labels: Option<usize>,
+}
+
+/// BERT with any subset of the heads, for tools that run whatever a checkpoint holds
+/// (`bert-native encode`, `info`).
+#[derive(Module, Debug)]
+pub struct BertWithHeads<B: Backend> {
+    /// The encoder.
+    pub bert: BertModel<B>,
+    /// Masked-LM head.
+    pub mlm: Option<MaskedLmHead<B>>,
+    /// Next-sentence head.
+    pub nsp: Option<Linear<B>>,
+    /// Span head.
+    pub qa_outputs: Option<Linear<B>>,
+    /// Sequence classifier.
+    pub classifier: Option<Linear<B>>,
+}
+
+/// Everything [`BertWithHeads::forward`] computes; heads that are absent give `None`.
+#[derive(Debug, Clone)]
+pub struct HeadOutputs<B: Backend> {
+    /// `[B, S, H]`.
+    pub last_hidden_state: Tensor<B, 3>,
+    /// `[B, H]`.
+    pub pooler_output: Option<Tensor<B, 2>>,
+    /// `[B, S, V]`.
+    pub mlm_logits: Option<Tensor<B, 3>>,
+    /// `[B, 2]`.
+    pub nsp_logits: Option<Tensor<B, 2>>,
+    /// `[B, S]`.
+    pub start_logits: Option<Tensor<B, 2>>,
+    /// `[B, S]`.
+    pub end_logits: Option<Tensor<B, 2>>,
+    /// `[B, num_labels]`.
+    pub classifier_logits: Option<Tensor<B, 2>>,
+}
+
+impl<B: Backend> BertWithHeads<B> {
+    /// A freshly initialised model with the given heads. Sentence-level heads imply a pooler.
+    pub fn new(config: &BertConfig, heads: Heads, device: &B::Device) -> Self {
+        let with_pooler = heads.pooler || heads.nsp || heads.classifier_labels.is_some();
+        Self {
+            bert: BertModel::new(config, with_pooler, device),
+            mlm: heads.mlm.then(|| MaskedLmHead::new(config, device)),
+            nsp: heads
+                .nsp
+                .then(|| dense(config, config.hidden_size, 2, device)),
+            qa_outputs: heads
+                .qa
+                .then(|| dense(config, config.hidden_size, 2, device)),
+            classifier: heads
+                .classifier_labels
+                .map(|labels| dense(config, config.hidden_size, labels, device)),
+        }
+    }
+
+    /// The heads this model carries.
+    pub fn heads(&self) -> Heads {
+        Heads {
+            pooler: self.bert.pooler.is_some(),
+            mlm: self.mlm.is_some(),
+            nsp: self.nsp.is_some(),
+            qa: self.qa_outputs.is_some(),
+            classifier_labels: self.classifier.as_ref().map(|c| c.weight.dims()[1]),
+        }
+    }
+
+    /// Runs the encoder and every head present.
+    pub fn forward(&self, input: BertInput<B>) -> HeadOutputs<B> {
+        let output = self.bert.forward(input);
+        let sequence_output = output.sequence_output;
+        let pooled_output = output.pooled_output;
+        let (start_logits, end_logits) = match &self.qa_outputs {
+            Some(qa_outputs) => {
+                let (start, end) = split_span_logits(qa_outputs.forward(sequence_output.clone()));
+                (Some(start), Some(end))
+            }
+            None => (None, None),
+        };
+        HeadOutputs {
+            mlm_logits: self.mlm.as_ref().map(|mlm| {
+                mlm.forward_sequence(sequence_output.clone(), self.bert.word_embeddings())
+            }),
+            nsp_logits: self
+                .nsp
+                .as_ref()
+                .map(|nsp| nsp.forward(pooled(pooled_output.clone()))),
+            classifier_logits: self
+                .classifier
+                .as_ref()
+                .map(|classifier| classifier.forward(pooled(pooled_output.clone()))),
+            start_logits,
+            end_logits,
+            last_hidden_state: sequence_output,
+            pooler_output: pooled_output,
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The BERT model: the encoder ([`bert`]), its task heads ([`heads`]) and its inputs ([`input`]).
+
+pub mod bert;
+pub mod heads;
+pub mod input;
+
+pub use bert::{BertModel, BertOutput};
+pub use heads::{
+    BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification, BertWithHeads,
+    HeadOutputs, Heads, MaskedLmHead,
+};
+pub use input::{BertInput, TokenBatch};

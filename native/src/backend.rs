@@ -1,0 +1,109 @@
+//! The compute backend chosen on the command line, and running a job on it.
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::Backend;
+use clap::ValueEnum;
+
+/// Where tensors live and kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// CPU through ndarray (feature `ndarray`, on by default).
+    Ndarray,
+    /// Vulkan / Metal / DX12 / WebGPU through wgpu (feature `wgpu`).
+    Wgpu,
+    /// NVIDIA GPUs through CUDA (feature `cuda`).
+    Cuda,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Self::Ndarray => "ndarray",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        };
+        f.write_str(name)
+    }
+}
+
+/// Work that is generic over the backend; [`run`] picks the backend at run time.
+pub trait Job {
+    /// What the job returns.
+    type Output;
+    /// Runs on backend `B` and its `device`.
+    fn run<B: Backend>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+/// Runs `job` on the backend `kind`, failing clearly when the binary was built without it or the
+/// machine cannot provide it.
+pub fn run<J: Job>(kind: BackendKind, job: J) -> Result<J::Output> {
+    match kind {
+        BackendKind::Ndarray => run_ndarray(job),
+        BackendKind::Wgpu => run_wgpu(job),
+        BackendKind::Cuda => run_cuda(job),
+    }
+}
+
+#[cfg(feature = "ndarray")]
+fn run_ndarray<J: Job>(job: J) -> Result<J::Output> {
+    job.run::<burn::backend::NdArray<f32>>(burn::backend::ndarray::NdArrayDevice::Cpu)
+}
+
+#[cfg(not(feature = "ndarray"))]
+fn run_ndarray<J: Job>(_job: J) -> Result<J::Output> {
+    bail!("this bert-native was built without the `ndarray` feature (CPU backend)")
+}
+
+#[cfg(feature = "wgpu")]
+fn run_wgpu<J: Job>(job: J) -> Result<J::Output> {
+    catching_panics("wgpu", || {
+        job.run::<burn::backend::Wgpu>(burn::backend::wgpu::WgpuDevice::default())
+    })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn run_wgpu<J: Job>(_job: J) -> Result<J::Output> {
+    bail!("this bert-native was built without the `wgpu` feature; rebuild with `--features wgpu`")
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda<J: Job>(job: J) -> Result<J::Output> {
+    cuda_driver_present()?;
+    catching_panics("cuda", || {
+        job.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::default())
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda<J: Job>(_job: J) -> Result<J::Output> {
+    bail!("this bert-native was built without the `cuda` feature; rebuild with `--features cuda`")
+}
+
+/// burn-cuda loads the driver lazily and panics on a worker thread when it is absent: check first.
+#[cfg(feature = "cuda")]
+fn cuda_driver_present() -> Result<()> {
+    // SAFETY: dlopen with a constant, NUL-terminated name; the handle is closed right away.
+    let handle = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY) };
+    if handle.is_null() {
+        bail!("the CUDA driver (libcuda.so.1) is not installed or not on the library path: no NVIDIA GPU backend on this machine; use --backend ndarray or wgpu");
+    }
+    // SAFETY: the handle came from dlopen above.
+    unsafe { libc::dlclose(handle) };
+    Ok(())
+}
+
+/// GPU runtimes report a missing adapter or driver by panicking; turn that into an error.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn catching_panics<T>(backend: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown failure".into());
+            bail!("the {backend} backend failed: {message}")
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! `bert-native bench`: times the forward pass of a model folder on a fixed batch and prints one
+//! JSON line (latency percentiles and throughput, the figures the reference's inference logs).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use bert_core::model::TokenBatch;
+use bert_core::pretrained::{load_model, ModelFiles};
+use burn::tensor::backend::Backend;
+use clap::Args;
+
+use crate::backend::{self, BackendKind, Job};
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// More weights applied on top (e.g. a QA head), repeatable.
+    #[arg(long = "extra-weights")]
+    extra_weights: Vec<PathBuf>,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Tokens per sequence (the reference's SQuAD inference uses 384).
+    #[arg(long, default_value_t = 384)]
+    seq_len: usize,
+    /// Timed forward passes.
+    #[arg(long, default_value_t = 10)]
+    iterations: usize,
+    /// Untimed forward passes first (kernel compilation, autotuning, caches).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    backend: BackendKind,
+}
+
+/// Runs `bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.batch_size == 0 || args.seq_len < 2 || args.iterations == 0 {
+        bail!("need --batch-size >= 1, --seq-len >= 2 and --iterations >= 1");
+    }
+    let files = ModelFiles::find(&args.model, None)?;
+    let config = files.read_config()?;
+    let batch = synthetic_batch(args.batch_size, args.seq_len, config.vocab_size);
+    batch.validate(&config)?;
+    let backend_name = args.backend.to_string();
+    let mut times_ms = backend::run(
+        args.backend,
+        BenchJob {
+            files,
+            extra_weights: args.extra_weights.clone(),
+            batch,
+            iterations: args.iterations,
+            warmup: args.warmup,
+        },
+    )?;
+    times_ms.sort_by(f64::total_cmp);
+    let percentile = |p: f64| {
+        let rank = ((p / 100.0) * times_ms.len() as f64).ceil() as usize;
+        times_ms[rank.clamp(1, times_ms.len()) - 1]
+    };
+    let mean_ms = times_ms.iter().sum::<f64>() / times_ms.len() as f64;
+    let json = serde_json::json!({
+        "backend": backend_name,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "iterations": args.iterations,
+        "latency_ms_p50": percentile(50.0),
+        "latency_ms_p90": percentile(90.0),
+        "latency_ms_p95": percentile(95.0),
+        "latency_ms_p99": percentile(99.0),
+        "latency_ms_mean": mean_ms,
+        "inference_sequences_per_second": args.batch_size as f64 * 1000.0 / mean_ms,
+    });
+    println!("{json}");
+    Ok(())
+}
+
+/// `[CLS] w w ... w [SEP]` rows of deterministic ordinary word ids, no padding.
+fn synthetic_batch(batch_size: usize, seq_len: usize, vocab_size: usize) -> TokenBatch {
+    // Ids 1000.. are ordinary word pieces in BERT vocabularies; 101/102 are [CLS]/[SEP].
+    let ordinary = (vocab_size.saturating_sub(1000)).max(1) as i64;
+    let row = |r: usize| {
+        let mut ids: Vec<i64> = (0..seq_len)
+            .map(|i| 1000 + ((i * 7919 + r * 104_729) as i64 % ordinary))
+            .collect();
+        ids[0] = 101;
+        ids[seq_len - 1] = 102;
+        ids
+    };
+    TokenBatch {
+        input_ids: (0..batch_size).map(row).collect(),
+        token_type_ids: None,
+        attention_mask: None,
+    }
+}
+
+struct BenchJob {
+    files: ModelFiles,
+    extra_weights: Vec<PathBuf>,
+    batch: TokenBatch,
+    iterations: usize,
+    warmup: usize,
+}
+
+impl Job for BenchJob {
+    type Output = Vec<f64>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<f64>> {
+        let loaded = load_model::<B>(&self.files, &self.extra_weights, &device)?;
+        let input = self.batch.to_input::<B>(&loaded.config, &device)?;
+        let mut times_ms = Vec::with_capacity(self.iterations);
+        for i in 0..self.warmup + self.iterations {
+            let start = Instant::now();
+            let outputs = loaded.model.forward(input.clone());
+            // Reading results back waits for the device to finish the pass (the span head too,
+            // when there is one, as a question-answering service would).
+            let _ = outputs.last_hidden_state.into_data();
+            if let Some(start_logits) = outputs.start_logits {
+                let _ = start_logits.into_data();
+            }
+            if i >= self.warmup {
+                times_ms.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        Ok(times_ms)
+    }
+}

@@ -1,0 +1,46 @@
+//! `bert-native`: the command-line front end of bert-core (CPU, wgpu and CUDA backends).
+
+mod backend;
+mod commands;
+mod report;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// BERT pretraining, fine-tuning and inference: NVIDIA's recipe, in Rust.
+#[derive(Debug, Parser)]
+#[command(name = "bert-native", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a checkpoint on a batch and save every output (hidden states, pooler, head logits).
+    Encode(commands::encode::EncodeArgs),
+    /// Tokenize a text or pair and print tokens, ids, token types and character offsets as JSON.
+    Tokenize(commands::tokenize::TokenizeArgs),
+    /// Describe a model folder: configuration, parameter count, heads, tokenizer.
+    Info(commands::info::InfoArgs),
+    /// Convert a checkpoint (Hugging Face .bin, NVIDIA .pt, safetensors) to a Hugging Face
+    /// safetensors folder.
+    Convert(commands::convert::ConvertArgs),
+    /// Time the forward pass on a fixed batch: latency percentiles and sequences per second.
+    Bench(commands::bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Encode(args) => commands::encode::run(args),
+        Command::Tokenize(args) => commands::tokenize::run(args),
+        Command::Info(args) => commands::info::run(args),
+        Command::Convert(args) => commands::convert::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+    };
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,414 @@
+//! The `bert-native` contracts of the foundation, driven as a user drives them: `encode`,
+//! `tokenize`, `info`, `convert`, and clear errors (exit status 1, the file named, no panic) on
+//! bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use bert_tests::{assert_close, case_batch, fixture, minilm_dir, read_safetensors};
+
+fn bert_native(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bert-native"))
+        .args(args)
+        .output()
+        .expect("bert-native runs")
+}
+
+fn succeed(args: &[&str]) -> Output {
+    let output = bert_native(args);
+    assert!(
+        output.status.success(),
+        "bert-native {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs a command that must fail cleanly and returns its stderr.
+fn fail(args: &[&str]) -> String {
+    let output = bert_native(args);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "bert-native {args:?}: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "bert-native {args:?} panicked: {stderr}"
+    );
+    stderr
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("bert-native-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Writes the input of a golden case as the JSON `encode` reads.
+fn write_case_json(case: &str, path: &Path) {
+    let golden = read_safetensors(&fixture(&format!("forward/cases/{case}.safetensors")));
+    let batch = case_batch(&golden);
+    std::fs::write(path, serde_json::to_string(&batch).unwrap()).unwrap();
+}
+
+#[test]
+fn encode_reproduces_the_reference_on_a_padded_batch() {
+    let tmp = TempDir::new("encode");
+    let (input, output) = (tmp.path("in.json"), tmp.path("out.safetensors"));
+    write_case_json("padded_batch", &input);
+    let model = minilm_dir();
+    let heads = fixture("forward/weights/heads.safetensors");
+    succeed(&[
+        "encode",
+        "--model",
+        s(&model),
+        "--extra-weights",
+        s(&heads),
+        "--input",
+        s(&input),
+        "--output",
+        s(&output),
+    ]);
+
+    let got = read_safetensors(&output);
+    let golden = read_safetensors(&fixture("forward/cases/padded_batch.safetensors"));
+    let mask = case_batch(&golden).attention_mask.unwrap();
+    let hidden = 384;
+    assert_eq!(got["last_hidden_state"].shape, [3, 19, hidden]);
+    for (b, row) in mask.iter().enumerate() {
+        for (p, &m) in row.iter().enumerate() {
+            let at = (b * 19 + p) * hidden..(b * 19 + p + 1) * hidden;
+            let atol = if m == 1 { 1e-4 } else { 5e-4 };
+            assert_close(
+                &format!("last_hidden_state[{b},{p}]"),
+                &got["last_hidden_state"].f32[at.clone()],
+                &golden["last_hidden_state"].f32[at],
+                atol,
+            );
+        }
+    }
+    assert_close(
+        "pooler_output",
+        &got["pooler_output"].f32,
+        &golden["pooler_output"].f32,
+        1e-4,
+    );
+    assert_close(
+        "nsp_logits",
+        &got["nsp_logits"].f32,
+        &golden["nsp_logits"].f32,
+        1e-4,
+    );
+    assert_close(
+        "start_logits",
+        &got["start_logits"].f32,
+        &golden["qa_start_logits"].f32,
+        5e-4,
+    );
+    assert_close(
+        "end_logits",
+        &got["end_logits"].f32,
+        &golden["qa_end_logits"].f32,
+        5e-4,
+    );
+    let vocab = 30522;
+    assert_eq!(got["mlm_logits"].shape, [3, 19, vocab]);
+    for (k, pair) in golden["mlm_positions"].i64.chunks(2).enumerate() {
+        let at = (pair[0] as usize * 19 + pair[1] as usize) * vocab;
+        assert_close(
+            "mlm_logits",
+            &got["mlm_logits"].f32[at..at + vocab],
+            &golden["mlm_logits"].f32[k * vocab..(k + 1) * vocab],
+            5e-4,
+        );
+    }
+}
+
+#[test]
+fn encode_tokenizes_text_with_the_folders_vocabulary() {
+    let tmp = TempDir::new("text");
+    let output = tmp.path("out.safetensors");
+    succeed(&[
+        "encode",
+        "--model",
+        s(&minilm_dir()),
+        "--text",
+        "The quick brown fox jumps over the lazy dog.",
+        "--output",
+        s(&output),
+    ]);
+    let got = read_safetensors(&output);
+    let golden = read_safetensors(&fixture("forward/cases/single_sentence.safetensors"));
+    assert_close(
+        "last_hidden_state",
+        &got["last_hidden_state"].f32,
+        &golden["last_hidden_state"].f32,
+        1e-4,
+    );
+    // MiniLM is a bare encoder: no head outputs.
+    assert!(!got.contains_key("mlm_logits") && !got.contains_key("start_logits"));
+}
+
+#[test]
+fn nvidia_checkpoint_encodes_and_converts_to_an_identical_hugging_face_folder() {
+    let tmp = TempDir::new("nvidia");
+    let dir = fixture("checkpoints");
+    let input = tmp.path("in.json");
+    let expected = read_safetensors(&fixture("checkpoints/expected.safetensors"));
+    std::fs::write(
+        &input,
+        serde_json::to_string(&case_batch(&expected)).unwrap(),
+    )
+    .unwrap();
+
+    let direct = tmp.path("direct.safetensors");
+    succeed(&[
+        "encode",
+        "--model",
+        s(&dir),
+        "--checkpoint",
+        s(&dir.join("nvidia_ckpt.pt")),
+        "--input",
+        s(&input),
+        "--output",
+        s(&direct),
+    ]);
+    let converted = tmp.path("converted");
+    succeed(&[
+        "convert",
+        "--model",
+        s(&dir),
+        "--checkpoint",
+        s(&dir.join("nvidia_ckpt.pt")),
+        "--output",
+        s(&converted),
+    ]);
+    let via_conversion = tmp.path("via.safetensors");
+    succeed(&[
+        "encode",
+        "--model",
+        s(&converted),
+        "--input",
+        s(&input),
+        "--output",
+        s(&via_conversion),
+    ]);
+
+    let direct = read_safetensors(&direct);
+    let via_conversion = read_safetensors(&via_conversion);
+    for name in [
+        "last_hidden_state",
+        "pooler_output",
+        "nsp_logits",
+        "start_logits",
+        "end_logits",
+        "mlm_logits",
+    ] {
+        assert_eq!(
+            direct[name].f32, via_conversion[name].f32,
+            "{name} changed through convert"
+        );
+    }
+    assert_close(
+        "start_logits",
+        &direct["start_logits"].f32,
+        &expected["start_logits"].f32,
+        1e-5,
+    );
+    // The padded vocabulary (32 rows) is kept: logits have 32 columns.
+    assert_eq!(direct["mlm_logits"].shape, [2, 9, 32]);
+}
+
+#[test]
+fn tokenize_prints_ids_types_and_offsets() {
+    let output = succeed(&[
+        "tokenize",
+        "--vocab",
+        s(&minilm_dir().join("vocab.txt")),
+        "--lower-case",
+        "--text",
+        "Who wrote Moby-Dick?",
+        "--text-pair",
+        "Herman Melville wrote it in 1851.",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let ids: Vec<u64> = json["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            101, 2040, 2626, 11240, 2100, 1011, 5980, 1029, 102, 11458, 20154, 2626, 2009, 1999,
+            8792, 1012, 102
+        ]
+    );
+    assert_eq!(json["tokens"][3], "mob");
+    assert_eq!(json["token_type_ids"][9], 1);
+    assert_eq!(json["offsets"][10], serde_json::json!([7, 15]));
+
+    let from_json = succeed(&[
+        "tokenize",
+        "--tokenizer",
+        s(&minilm_dir().join("tokenizer.json")),
+        "--text",
+        "Who wrote Moby-Dick?",
+        "--text-pair",
+        "Herman Melville wrote it in 1851.",
+    ]);
+    assert_eq!(from_json.stdout, output.stdout);
+}
+
+#[test]
+fn tokenize_warns_when_casing_contradicts_the_vocabulary() {
+    let output = succeed(&[
+        "tokenize",
+        "--vocab",
+        s(&minilm_dir().join("vocab.txt")),
+        "--text",
+        "Paris",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("WARNING") && stderr.contains("uncased"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn info_describes_the_model() {
+    let output = succeed(&["info", "--model", s(&fixture("checkpoints"))]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["config"]["hidden_size"], 16);
+    assert_eq!(json["backend"], "ndarray");
+    let heads: Vec<&str> = json["heads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        heads,
+        ["pooler", "masked_lm", "next_sentence", "question_answering"]
+    );
+    // 2 layers x 16 wide: embeddings 30*16 + 24*16 + 2*16 + 32, per layer 4*(16*16+16) + 2*32 +
+    // 16*32+32 + 32*16+16 + 32, pooler 16*16+16, MLM 16*16+16 + 32 + 30, NSP 16*2+2, QA 16*2+2.
+    let embeddings = 30 * 16 + 24 * 16 + 2 * 16 + 32;
+    let layer = 4 * (16 * 16 + 16) + 2 * 32 + (16 * 32 + 32) + (32 * 16 + 16);
+    let heads = (16 * 16 + 16) + (16 * 16 + 16 + 32 + 30) + (16 * 2 + 2) * 2;
+    assert_eq!(json["parameters"], embeddings + 2 * layer + heads);
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let tmp = TempDir::new("bad");
+    let model = minilm_dir();
+    let out = tmp.path("out.safetensors");
+    let run_with = |name: &str, json: &str| {
+        let input = tmp.path(name);
+        std::fs::write(&input, json).unwrap();
+        let stderr = fail(&[
+            "encode",
+            "--model",
+            s(&model),
+            "--input",
+            s(&input),
+            "--output",
+            s(&out),
+        ]);
+        assert!(stderr.contains(name), "{name}: {stderr}");
+        stderr
+    };
+    let stderr = run_with("malformed.json", "{\"input_ids\": [[101, 102]");
+    assert!(stderr.contains("expected"), "{stderr}");
+    let stderr = run_with("vocab.json", "{\"input_ids\": [[101, 30522, 102]]}");
+    assert!(
+        stderr.contains("30522") && stderr.contains("input_ids"),
+        "{stderr}"
+    );
+    let stderr = run_with("ragged.json", "{\"input_ids\": [[101, 102], [101]]}");
+    assert!(stderr.contains("row 1"), "{stderr}");
+    let long = format!("{{\"input_ids\": [[{}]]}}", vec!["101"; 513].join(","));
+    let stderr = run_with("long.json", &long);
+    assert!(stderr.contains("513") && stderr.contains("512"), "{stderr}");
+    let stderr = run_with(
+        "mask.json",
+        "{\"input_ids\": [[101, 102]], \"attention_mask\": [[1, 2]]}",
+    );
+    assert!(stderr.contains("attention_mask"), "{stderr}");
+    run_with("empty.json", "{\"input_ids\": []}");
+    assert!(!out.exists(), "no output may be written for bad input");
+
+    let stderr = fail(&[
+        "encode",
+        "--model",
+        "/no/such/model",
+        "--text",
+        "hi",
+        "--output",
+        s(&out),
+    ]);
+    assert!(stderr.contains("/no/such/model"), "{stderr}");
+
+    let junk = tmp.path("junk.pt");
+    std::fs::write(&junk, b"\x80\x02 not really a pickle").unwrap();
+    let stderr = fail(&[
+        "encode",
+        "--model",
+        s(&model),
+        "--checkpoint",
+        s(&junk),
+        "--text",
+        "hi",
+        "--output",
+        s(&out),
+    ]);
+    assert!(stderr.contains("junk.pt"), "{stderr}");
+
+    let stderr = fail(&[
+        "encode",
+        "--model",
+        s(&model),
+        "--text",
+        "hi",
+        "--output",
+        "/no/such/dir/out.safetensors",
+    ]);
+    assert!(stderr.contains("/no/such/dir/out.safetensors"), "{stderr}");
+}
+
+#[test]
+fn a_backend_that_was_not_built_in_is_named() {
+    let stderr = fail(&[
+        "info",
+        "--model",
+        s(&fixture("checkpoints")),
+        "--backend",
+        "cuda",
+    ]);
+    assert!(stderr.contains("cuda"), "{stderr}");
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The project's test command (README "Run the tests"; CI runs exactly this after installing what it
+# needs with .ci/run). Fetches the reference checkpoint, then: formatting, lints with every backend
+# compiled in (CUDA included: the CUDA path must keep compiling on machines without a GPU), all
+# tests on the CPU (ndarray) and wgpu (lavapipe) backends, and the wasm32 build of bert-core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/fetch-test-model.sh
+
+# wgpu kernels are autotuned on first use; on lavapipe (CPU Vulkan) the minimal level is plenty.
+export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --features bert-native/cuda,bert-native/wgpu -- -D warnings
+cargo check -p bert-native --features cuda
+cargo test --workspace
+cargo clippy -p bert-core --target wasm32-unknown-unknown --no-default-features --features ndarray,wgpu -- -D warnings
+echo "all checks passed"

@@ -1,0 +1,141 @@
+//! Helpers of the cross-crate tests: fixtures, the fetched reference checkpoint, reading
+//! safetensors, tensor comparison, and the golden forward-pass check (see
+//! `fixtures/forward/manifest.json`) that runs on any backend.
+
+pub mod golden;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use bert_core::model::{BertInput, TokenBatch};
+use bert_core::BertConfig;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// A file under `tests/fixtures`.
+pub fn fixture(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(relative)
+}
+
+/// The all-MiniLM-L6-v2 folder fetched by `scripts/fetch-test-model.sh`.
+pub fn minilm_dir() -> PathBuf {
+    let dir = std::env::var_os("BERT_RS_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            PathBuf::from(home).join(".cache/bert-rs/models/all-minilm-l6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "the test checkpoint is missing at {}: run scripts/fetch-test-model.sh (or set BERT_RS_MINILM_DIR)",
+        dir.display()
+    );
+    dir
+}
+
+/// A tensor read from a safetensors fixture, as f32 or i64 values.
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub f32: Vec<f32>,
+    pub i64: Vec<i64>,
+}
+
+/// Every tensor of a safetensors file.
+pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, HostTensor> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let file = safetensors::SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = view.data();
+            let (f32, i64) = match view.dtype() {
+                safetensors::Dtype::F32 => (
+                    data.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                    Vec::new(),
+                ),
+                safetensors::Dtype::I64 => (
+                    Vec::new(),
+                    data.chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                ),
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            };
+            let tensor = HostTensor {
+                shape: view.shape().to_vec(),
+                f32,
+                i64,
+            };
+            (name, tensor)
+        })
+        .collect()
+}
+
+/// The model input stored in a case file (`input_ids`, `token_type_ids`, `attention_mask`).
+pub fn case_batch(case: &HashMap<String, HostTensor>) -> TokenBatch {
+    let rows = |name: &str| {
+        let t = &case[name];
+        t.i64
+            .chunks(t.shape[1])
+            .map(<[i64]>::to_vec)
+            .collect::<Vec<_>>()
+    };
+    TokenBatch {
+        input_ids: rows("input_ids"),
+        token_type_ids: Some(rows("token_type_ids")),
+        attention_mask: Some(rows("attention_mask")),
+    }
+}
+
+/// Uploads a case's input.
+pub fn case_input<B: Backend>(
+    case: &HashMap<String, HostTensor>,
+    config: &BertConfig,
+    device: &B::Device,
+) -> BertInput<B> {
+    case_batch(case)
+        .to_input(config, device)
+        .expect("golden input is valid")
+}
+
+/// Values of a tensor on the host.
+pub fn values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("float data")
+}
+
+/// Largest absolute difference, with the index where it occurs.
+pub fn max_abs_diff(actual: &[f32], expected: &[f32]) -> (f32, usize) {
+    assert_eq!(actual.len(), expected.len(), "length mismatch");
+    actual
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .map(|(i, (a, e))| ((a - e).abs(), i))
+        .fold((0.0, 0), |best, x| {
+            if x.0 > best.0 || x.0.is_nan() {
+                x
+            } else {
+                best
+            }
+        })
+}
+
+/// Asserts `actual` is within `atol` of `expected` everywhere.
+pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], atol: f32) {
+    let (diff, at) = max_abs_diff(actual, expected);
+    assert!(
+        diff <= atol,
+        "{what}: max |diff| {diff:e} > {atol:e} at flat index {at} (got {}, want {})",
+        actual[at],
+        expected[at]
+    );
+}

@@ -1,0 +1,49 @@
+//! The acceptance bar of the foundation: our forward pass on the real all-MiniLM-L6-v2 checkpoint
+//! (with the seeded heads) equals the reference's float32 outputs within the manifest's tolerances,
+//! on the CPU backend. `golden_forward_wgpu.rs` repeats two cases on wgpu.
+
+use burn::backend::NdArray;
+
+fn check(case: &str) {
+    bert_tests::golden::check_case::<NdArray>(case, &Default::default());
+}
+
+#[test]
+fn single_sentence() {
+    check("single_sentence");
+}
+
+#[test]
+fn sentence_pair() {
+    check("sentence_pair");
+}
+
+#[test]
+fn padded_batch() {
+    check("padded_batch");
+}
+
+#[test]
+fn masked_lm() {
+    check("masked_lm");
+}
+
+#[test]
+fn unicode_accents() {
+    check("unicode_accents");
+}
+
+#[test]
+fn squad_384() {
+    check("squad_384");
+}
+
+#[test]
+fn all_pad_edge() {
+    check("all_pad_edge");
+}
+
+#[test]
+fn max_len_512() {
+    check("max_len_512");
+}
