@@ -275,3 +275,122 @@ impl<B: Backend> BertWithHeads<B> {
         }
     }
 }
+
+#[cfg(all(test, feature = "ndarray"))]
+mod tests {
+    use super::*;
+    use crate::model::TokenBatch;
+    use burn::backend::{Autodiff, NdArray};
+
+    fn tiny_config() -> BertConfig {
+        BertConfig {
+            vocab_size: 50,
+            hidden_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            intermediate_size: 128,
+            max_position_embeddings: 16,
+            ..BertConfig::base()
+        }
+    }
+
+    fn values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+        tensor.into_data().to_vec().unwrap()
+    }
+
+    fn batch() -> TokenBatch {
+        TokenBatch {
+            input_ids: vec![vec![2, 7, 9, 11, 3], vec![2, 5, 3, 0, 0]],
+            token_type_ids: Some(vec![vec![0, 0, 0, 1, 1], vec![0, 0, 0, 0, 0]]),
+            attention_mask: Some(vec![vec![1, 1, 1, 1, 1], vec![1, 1, 1, 0, 0]]),
+        }
+    }
+
+    #[test]
+    fn initialisation_is_nvidias() {
+        let model = BertForPreTraining::<NdArray>::new(&tiny_config(), &Default::default());
+        let weights = values(model.bert.encoder.layers[0].intermediate.weight.val());
+        let n = weights.len() as f32;
+        let mean = weights.iter().sum::<f32>() / n;
+        let std = (weights.iter().map(|w| (w - mean).powi(2)).sum::<f32>() / n).sqrt();
+        assert!(mean.abs() < 0.002, "mean {mean}");
+        assert!((std - 0.02).abs() < 0.001, "std {std}");
+        let embeddings = values(model.bert.embeddings.word_embeddings.weight.val());
+        let std = (embeddings.iter().map(|w| w * w).sum::<f32>() / embeddings.len() as f32).sqrt();
+        assert!((std - 0.02).abs() < 0.002, "embedding std {std}");
+        let layer = &model.bert.encoder.layers[1];
+        for bias in [
+            &layer.attention.query.bias,
+            &layer.output.bias,
+            &model.nsp.bias,
+        ] {
+            assert!(values(bias.as_ref().unwrap().val())
+                .iter()
+                .all(|&b| b == 0.0));
+        }
+        assert!(values(model.mlm.bias.val()).iter().all(|&b| b == 0.0));
+        assert!(values(layer.output_layer_norm.gamma.val())
+            .iter()
+            .all(|&g| g == 1.0));
+        let beta = layer.output_layer_norm.beta.as_ref().unwrap().val();
+        assert!(values(beta).iter().all(|&b| b == 0.0));
+    }
+
+    #[test]
+    fn dropout_acts_in_training_only() {
+        let config = tiny_config();
+        let device = Default::default();
+        let eval = BertForQuestionAnswering::<NdArray>::new(&config, &device);
+        let input = batch().to_input::<NdArray>(&config, &device).unwrap();
+        let (a, _) = eval.forward(input.clone());
+        let (b, _) = eval.forward(input);
+        assert_eq!(values(a), values(b), "inference must be deterministic");
+
+        let train = BertForQuestionAnswering::<Autodiff<NdArray>>::new(&config, &device);
+        let input = batch()
+            .to_input::<Autodiff<NdArray>>(&config, &device)
+            .unwrap();
+        let (a, _) = train.forward(input.clone());
+        let (b, _) = train.forward(input);
+        assert_ne!(values(a), values(b), "training applies dropout");
+    }
+
+    #[test]
+    fn the_decoder_is_tied_to_the_word_embeddings() {
+        let config = tiny_config();
+        let device = Default::default();
+        let mut model = BertForPreTraining::<NdArray>::new(&config, &device);
+        let input = batch().to_input::<NdArray>(&config, &device).unwrap();
+        let (before, _) = model.forward(input.clone());
+        let embeddings = model.bert.embeddings.word_embeddings.weight.val();
+        model.bert.embeddings.word_embeddings.weight =
+            burn::module::Param::from_tensor(embeddings.mul_scalar(2.0));
+        let (after, _) = model.forward(input);
+        assert_eq!(before.dims(), [2, 5, config.vocab_size]);
+        assert_ne!(
+            values(before),
+            values(after),
+            "MLM logits follow the word embeddings"
+        );
+    }
+
+    #[test]
+    fn padding_does_not_change_real_positions() {
+        // Row 1 padded to 5 must equal the same row alone at length 3 (mask semantics).
+        let config = tiny_config();
+        let device = Default::default();
+        let model = BertModel::<NdArray>::new(&config, true, &device);
+        let padded = model.forward(batch().to_input::<NdArray>(&config, &device).unwrap());
+        let alone = TokenBatch {
+            input_ids: vec![vec![2, 5, 3]],
+            token_type_ids: None,
+            attention_mask: None,
+        };
+        let alone = model.forward(alone.to_input::<NdArray>(&config, &device).unwrap());
+        let padded_row = values(padded.sequence_output.narrow(0, 1, 1).narrow(1, 0, 3));
+        let alone_row = values(alone.sequence_output);
+        for (p, a) in padded_row.iter().zip(&alone_row) {
+            assert!((p - a).abs() < 1e-5, "{p} vs {a}");
+        }
+    }
+}
