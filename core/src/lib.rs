@@ -40,6 +40,7 @@ pub mod config;
 pub mod error;
 pub mod io;
 pub mod model;
+pub mod optim;
 pub mod pretrained;
 pub mod tokenizer;
 

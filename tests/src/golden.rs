@@ -132,7 +132,7 @@ pub fn check_case<B: Backend>(case: &str, device: &B::Device) {
             let expected_layer = HostTensor {
                 shape: expected.shape[1..].to_vec(),
                 f32: expected.f32[layer * per_layer..(layer + 1) * per_layer].to_vec(),
-                i64: Vec::new(),
+                ..HostTensor::default()
             };
             compare_per_position(
                 &format!("{case} hidden_states[{layer}]"),

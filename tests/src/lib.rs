@@ -35,11 +35,16 @@ pub fn minilm_dir() -> PathBuf {
     dir
 }
 
-/// A tensor read from a safetensors fixture, as f32 or i64 values.
-#[derive(Debug, Clone)]
+/// A tensor read from a safetensors fixture: its values in the field of its dtype.
+#[derive(Debug, Clone, Default)]
 pub struct HostTensor {
+    /// Dimensions.
     pub shape: Vec<usize>,
+    /// Values of an F32 tensor.
     pub f32: Vec<f32>,
+    /// Values of an F64 tensor.
+    pub f64: Vec<f64>,
+    /// Values of an I64 tensor.
     pub i64: Vec<i64>,
 }
 
@@ -51,26 +56,31 @@ pub fn read_safetensors(path: &std::path::Path) -> HashMap<String, HostTensor> {
         .into_iter()
         .map(|(name, view)| {
             let data = view.data();
-            let (f32, i64) = match view.dtype() {
-                safetensors::Dtype::F32 => (
-                    data.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                    Vec::new(),
-                ),
-                safetensors::Dtype::I64 => (
-                    Vec::new(),
-                    data.chunks_exact(8)
-                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                ),
-                other => panic!("{name}: unexpected dtype {other:?}"),
-            };
-            let tensor = HostTensor {
+            let mut tensor = HostTensor {
                 shape: view.shape().to_vec(),
-                f32,
-                i64,
+                ..HostTensor::default()
             };
+            match view.dtype() {
+                safetensors::Dtype::F32 => {
+                    tensor.f32 = data
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect()
+                }
+                safetensors::Dtype::F64 => {
+                    tensor.f64 = data
+                        .chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                        .collect()
+                }
+                safetensors::Dtype::I64 => {
+                    tensor.i64 = data
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect()
+                }
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            }
             (name, tensor)
         })
         .collect()

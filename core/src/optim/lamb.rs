@@ -1,0 +1,243 @@
+//! NVLAMB as the recipe runs it (apex `FusedLAMB`), and the Adam variant of the fine-tuning
+//! scripts, over named parameters.
+//!
+//! One step `t` (the same counter for every parameter):
+//! ```text
+//! G  = sqrt(sum over ALL gradients of sum(g^2))          one global norm, not per tensor
+//! g' = g / max(1, G / max_grad_norm)                      clip before the moments
+//! m  = b1 m + (1 - b1) g'        v = b2 v + (1 - b2) g'^2
+//! u  = m_hat / (sqrt(v_hat) + eps) + wd w                 bias-corrected with t; decoupled decay
+//! w  = w - lr * r * u      r = ||w|| / ||u|| (1 if either is 0) where the trust ratio applies
+//! ```
+//! Weight decay is 0 for parameters whose name contains `bias`, `gamma`, `beta` or `LayerNorm`.
+//! Everything stays on the device: the clip divisor and trust ratios are tensors, so a step costs
+//! no host round-trip.
+
+use std::collections::BTreeMap;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// Where the per-tensor trust ratio `||w|| / ||u||` is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustRatio {
+    /// Nowhere: an AdamW step (the fine-tuning scripts' optimizer).
+    Never,
+    /// On tensors with non-zero weight decay only (apex FusedLAMB, `use_nvlamb=False`).
+    DecayedOnly,
+    /// On every tensor (`--use-nvlamb`).
+    Always,
+}
+
+/// Hyper-parameters; the defaults are the recipe's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LambConfig {
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to `sqrt(v_hat)`.
+    pub eps: f64,
+    /// Decoupled weight decay for parameters that decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; 0 disables clipping.
+    pub max_grad_norm: f64,
+    /// Divide the moments by `1 - beta^t`.
+    pub bias_correction: bool,
+    /// Where the trust ratio applies.
+    pub trust_ratio: TrustRatio,
+}
+
+impl Default for LambConfig {
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-6,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            bias_correction: true,
+            trust_ratio: TrustRatio::DecayedOnly,
+        }
+    }
+}
+
+impl LambConfig {
+    /// The fine-tuning optimizer of `run_squad.py`/`run_glue.py`: Adam with decoupled weight
+    /// decay, no bias correction, no trust ratio, global clipping at 1.
+    pub fn fine_tuning_adam() -> Self {
+        Self {
+            bias_correction: false,
+            trust_ratio: TrustRatio::Never,
+            ..Self::default()
+        }
+    }
+}
+
+/// Substrings of parameter names that take no weight decay (`run_pretraining.py`'s `no_decay`).
+const NO_DECAY: [&str; 4] = ["bias", "gamma", "beta", "LayerNorm"];
+
+/// The two moments of one parameter, flattened.
+#[derive(Debug, Clone)]
+pub struct Moments<B: Backend> {
+    /// First moment `m`.
+    pub exp_avg: Tensor<B, 1>,
+    /// Second moment `v`.
+    pub exp_avg_sq: Tensor<B, 1>,
+}
+
+/// One parameter handed to [`Lamb::step`]: its name, value and gradient, flattened.
+#[derive(Debug, Clone)]
+pub struct NamedParam<B: Backend> {
+    /// Name used for the no-decay rule and for the optimizer state.
+    pub name: String,
+    /// Current value.
+    pub value: Tensor<B, 1>,
+    /// Gradient (unclipped).
+    pub grad: Tensor<B, 1>,
+}
+
+/// The optimizer: configuration, step counter and moments by parameter name.
+#[derive(Debug, Clone)]
+pub struct Lamb<B: Backend> {
+    config: LambConfig,
+    step: u64,
+    moments: BTreeMap<String, Moments<B>>,
+}
+
+/// What one step did; tensors stay on the device until a logger reads them.
+#[derive(Debug, Clone)]
+pub struct LambStep<B: Backend> {
+    /// The new values, in the order the parameters were given.
+    pub values: Vec<Tensor<B, 1>>,
+    /// The global gradient norm before clipping, `[1]`.
+    pub global_grad_norm: Tensor<B, 1>,
+}
+
+impl<B: Backend> Lamb<B> {
+    /// A fresh optimizer (step 0, no moments).
+    pub fn new(config: LambConfig) -> Self {
+        Self {
+            config,
+            step: 0,
+            moments: BTreeMap::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LambConfig {
+        &self.config
+    }
+
+    /// Steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// The moments of each parameter, for checkpoints.
+    pub fn moments(&self) -> &BTreeMap<String, Moments<B>> {
+        &self.moments
+    }
+
+    /// Restores a checkpointed state.
+    pub fn restore(&mut self, step: u64, moments: BTreeMap<String, Moments<B>>) {
+        self.step = step;
+        self.moments = moments;
+    }
+
+    /// Weight decay of a parameter by name.
+    pub fn weight_decay(&self, name: &str) -> f64 {
+        if NO_DECAY.iter().any(|s| name.contains(s)) {
+            0.0
+        } else {
+            self.config.weight_decay
+        }
+    }
+
+    /// One optimizer step at learning rate `lr` over all parameters.
+    pub fn step(&mut self, lr: f64, params: Vec<NamedParam<B>>) -> LambStep<B> {
+        let Some(first) = params.first() else {
+            return LambStep {
+                values: Vec::new(),
+                global_grad_norm: Tensor::zeros([1], &Default::default()),
+            };
+        };
+        let device = first.grad.device();
+        self.step += 1;
+        let t = self.step as i32;
+        let config = self.config;
+
+        let squared_sum = params
+            .iter()
+            .map(|p| p.grad.clone().powi_scalar(2).sum())
+            .reduce(|a, b| a + b)
+            .expect("at least one parameter");
+        let global_grad_norm = squared_sum.sqrt();
+        let clip_divisor = if config.max_grad_norm > 0.0 {
+            (global_grad_norm.clone() / config.max_grad_norm).clamp_min(1.0)
+        } else {
+            Tensor::ones([1], &device)
+        };
+        let (correction1, correction2) = if config.bias_correction {
+            (1.0 - config.beta1.powi(t), 1.0 - config.beta2.powi(t))
+        } else {
+            (1.0, 1.0)
+        };
+
+        let mut values = Vec::with_capacity(params.len());
+        for NamedParam { name, value, grad } in params {
+            let weight_decay = self.weight_decay(&name);
+            let grad = grad / clip_divisor.clone();
+            let moments = self.moments.remove(&name).unwrap_or_else(|| Moments {
+                exp_avg: value.zeros_like(),
+                exp_avg_sq: value.zeros_like(),
+            });
+            let exp_avg = moments.exp_avg * config.beta1 + grad.clone() * (1.0 - config.beta1);
+            let exp_avg_sq =
+                moments.exp_avg_sq * config.beta2 + grad.powi_scalar(2) * (1.0 - config.beta2);
+
+            let denominator = (exp_avg_sq.clone() / correction2).sqrt() + config.eps;
+            let mut update = (exp_avg.clone() / correction1) / denominator;
+            if weight_decay != 0.0 {
+                update = update + value.clone() * weight_decay;
+            }
+            let applies = match config.trust_ratio {
+                TrustRatio::Never => false,
+                TrustRatio::DecayedOnly => weight_decay != 0.0,
+                TrustRatio::Always => true,
+            };
+            let new_value = if applies {
+                let ratio = trust_ratio(&value, &update) * lr;
+                value - update * ratio
+            } else {
+                value - update * lr
+            };
+            values.push(new_value);
+            self.moments.insert(
+                name,
+                Moments {
+                    exp_avg,
+                    exp_avg_sq,
+                },
+            );
+        }
+        LambStep {
+            values,
+            global_grad_norm,
+        }
+    }
+}
+
+/// `||w|| / ||u||`, or 1 when either norm is 0, as a `[1]` tensor.
+fn trust_ratio<B: Backend>(value: &Tensor<B, 1>, update: &Tensor<B, 1>) -> Tensor<B, 1> {
+    let value_norm = value.clone().powi_scalar(2).sum().sqrt();
+    let update_norm = update.clone().powi_scalar(2).sum().sqrt();
+    let both_positive = value_norm
+        .clone()
+        .greater_elem(0.0)
+        .bool_and(update_norm.clone().greater_elem(0.0));
+    let ones = value_norm.ones_like();
+    ones.mask_where(both_positive, value_norm / update_norm)
+}
