@@ -1,40 +1,94 @@
 //! File output that never leaves a half-written file behind.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
-use std::path::Path;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically: to a temporary file in the same folder, flushed to disk,
 /// then renamed over `path`. Readers see the old file or the new one, never a torn one, even if
 /// the process dies mid-write.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
+    let mut writer = AtomicWriter::create(path)?;
+    writer.write_all(bytes)?;
+    writer.commit()
+}
+
+/// The temporary name `path` is written under before it is renamed into place.
+pub fn temporary_path(path: &Path) -> io::Result<PathBuf> {
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
+    Ok(parent_dir(path).join(format!(
         ".{}.tmp-{}",
         file_name.to_string_lossy(),
         std::process::id()
-    ));
-    let result = (|| {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // Persist the rename itself; not every platform can open a directory, so best effort.
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    )))
+}
+
+/// Moves a finished temporary file over `path`, flushing both to disk first.
+pub fn commit_temporary(tmp: &Path, path: &Path) -> io::Result<()> {
+    File::open(tmp)?.sync_all()?;
+    fs::rename(tmp, path)?;
+    // Persist the rename itself; not every platform can open a directory, so best effort.
+    if let Ok(dir) = File::open(parent_dir(path)) {
+        let _ = dir.sync_all();
     }
-    result
+    Ok(())
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// A buffered file that appears at its path only when [`commit`](Self::commit) succeeds; dropped
+/// uncommitted, it leaves nothing behind.
+pub struct AtomicWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: Option<BufWriter<File>>,
+}
+
+impl AtomicWriter {
+    /// Starts writing `path`.
+    pub fn create(path: &Path) -> io::Result<Self> {
+        let tmp = temporary_path(path)?;
+        let file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        Ok(Self {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(file),
+        })
+    }
+
+    /// Flushes, syncs and renames the file into place.
+    pub fn commit(mut self) -> io::Result<()> {
+        let file = self.file.take().expect("commit is called once");
+        file.into_inner()
+            .map_err(io::IntoInnerError::into_error)?
+            .sync_all()?;
+        commit_temporary(&self.tmp, &self.path)
+    }
+}
+
+impl Write for AtomicWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.as_mut().expect("not committed").write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().expect("not committed").flush()
+    }
+}
+
+impl Drop for AtomicWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -54,6 +108,23 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [std::ffi::OsString::from("out.bin")]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_uncommitted_writer_leaves_nothing() {
+        let dir = std::env::temp_dir().join(format!("bert-core-io-drop-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.txt");
+        {
+            let mut writer = AtomicWriter::create(&path).unwrap();
+            writer.write_all(b"partial").unwrap();
+        }
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        let mut writer = AtomicWriter::create(&path).unwrap();
+        writer.write_all(b"whole").unwrap();
+        writer.commit().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"whole");
         fs::remove_dir_all(&dir).unwrap();
     }
 

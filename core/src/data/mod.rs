@@ -1,0 +1,17 @@
+//! Pretraining data, the logic of `bertPrep.py` and `create_pretraining_data.py`: text cleaning and
+//! sentence segmentation ([`text`]), shard planning ([`sharding`]), masked-LM / next-sentence
+//! instance creation ([`instances`]) and the NVIDIA shard layout with its validation ([`shard`]).
+//! Reading and writing files (HDF5, XML dumps) is the job of the binaries.
+
+pub mod instances;
+pub mod rng;
+pub mod shard;
+pub mod sharding;
+pub mod text;
+
+pub use instances::{
+    create_training_instances, Document, InstanceConfig, TrainingInstance, VocabInfo,
+};
+pub use rng::{PrepRng, RngState};
+pub use shard::ShardArrays;
+pub use sharding::{plan_shards, ShardId, ShardingError};
