@@ -55,7 +55,8 @@ impl AtomicWriter {
     /// Starts writing `path`.
     pub fn create(path: &Path) -> io::Result<Self> {
         let tmp = temporary_path(path)?;
-        let file = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        // 64 KiB: large enough for throughput, small enough for hundreds of shard files at once.
+        let file = BufWriter::with_capacity(64 << 10, File::create(&tmp)?);
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
