@@ -43,6 +43,7 @@ pub mod io;
 pub mod model;
 pub mod optim;
 pub mod pretrained;
+pub mod pretraining;
 pub mod tokenizer;
 
 pub use config::BertConfig;

@@ -4,6 +4,8 @@ mod backend;
 mod commands;
 mod dllogger;
 mod prep;
+mod pretrain;
+mod pretraining_shards;
 mod report;
 mod shard_file;
 
@@ -39,6 +41,8 @@ enum Command {
     /// Pretraining data: text corpus to NVIDIA-compatible HDF5 shards.
     #[command(subcommand)]
     Prep(prep::PrepCommand),
+    /// MLM + NSP pretraining with NVLAMB (run_pretraining.py).
+    Pretrain(Box<pretrain::PretrainArgs>),
 }
 
 fn main() {
@@ -50,6 +54,7 @@ fn main() {
         Command::Convert(args) => commands::convert::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Prep(command) => prep::run(command),
+        Command::Pretrain(args) => pretrain::run(*args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

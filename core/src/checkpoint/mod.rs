@@ -186,6 +186,21 @@ impl Checkpoint {
         })
     }
 
+    /// Removes and returns the tensors whose (canonical) names start with `prefix`, e.g. the
+    /// optimizer state stored beside a model.
+    pub fn split_off(&mut self, prefix: &str) -> BTreeMap<String, TensorSnapshot> {
+        let names: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|n| n.starts_with(prefix))
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|name| self.tensors.remove(&name).map(|t| (name, t)))
+            .collect()
+    }
+
     /// Adds the tensors of `other` on top of these (same names are replaced), e.g. task heads
     /// saved apart from the encoder.
     pub fn extend(&mut self, other: Checkpoint) {
@@ -334,10 +349,15 @@ fn retarget(stored: &TensorSnapshot, path: &str, dtype: DType) -> TensorSnapshot
     )
 }
 
-/// Serialises a model's parameters as float32 safetensors with Hugging Face names (Linear
-/// weights `[out, in]`, LayerNorm `weight`/`bias`), the layout `transformers` loads. The tied
-/// decoder weight is not stored, as Hugging Face does not store it either.
-pub fn to_safetensors<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<u8>, CheckpointError> {
+/// One tensor ready for a safetensors file: name, shape and little-endian float32 bytes.
+pub type NamedTensorBytes = (String, Vec<usize>, Vec<u8>);
+
+/// A model's parameters as float32 tensors with Hugging Face names (Linear weights `[out, in]`,
+/// LayerNorm `weight`/`bias`). The tied decoder weight is not included, as Hugging Face does not
+/// store it either.
+pub fn model_tensors<B: Backend, M: Module<B>>(
+    module: &M,
+) -> Result<Vec<NamedTensorBytes>, CheckpointError> {
     let snapshots = module.collect(None, Some(Box::new(BurnToPyTorchAdapter)), false);
     let mut tensors = Vec::with_capacity(snapshots.len());
     for snapshot in snapshots {
@@ -355,25 +375,40 @@ pub fn to_safetensors<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<u8>, C
             .convert::<f32>();
         tensors.push((name, data.shape.to_vec(), data.as_bytes().to_vec()));
     }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+    Ok(tensors)
+}
+
+/// A safetensors file of float32 tensors with `metadata` (plus `format: pt`, which `transformers`
+/// expects).
+pub fn serialize_safetensors(
+    tensors: &[NamedTensorBytes],
+    metadata: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<u8>, CheckpointError> {
+    let views = tensors
         .iter()
         .map(|(name, shape, bytes)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .expect("shape and byte length agree for float32 data");
-            (name.clone(), view)
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
         })
-        .collect();
-    let metadata = Some(
-        [("format".to_string(), "pt".to_string())]
-            .into_iter()
-            .collect(),
-    );
-    safetensors::tensor::serialize(views, metadata).map_err(|e| CheckpointError::Format {
-        source_name: "model".into(),
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| safetensors_error("model", e))?;
+    let mut header: std::collections::HashMap<String, String> = metadata.into_iter().collect();
+    header.insert("format".to_string(), "pt".to_string());
+    safetensors::tensor::serialize(views, Some(header)).map_err(|e| safetensors_error("model", e))
+}
+
+fn safetensors_error(source_name: &str, error: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Format {
+        source_name: source_name.to_string(),
         format: SAFETENSORS_FORMAT,
-        message: e.to_string(),
-    })
+        message: error.to_string(),
+    }
+}
+
+/// Serialises a model's parameters as float32 safetensors with Hugging Face names, the layout
+/// `transformers` loads (see [`model_tensors`]).
+pub fn to_safetensors<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<u8>, CheckpointError> {
+    serialize_safetensors(&model_tensors(module)?, [])
 }
 
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";

@@ -98,6 +98,32 @@ impl ShardArrays {
         arrays
     }
 
+    /// The rows `rows` (in that order) as a smaller set: a training micro-batch.
+    pub fn select_rows(&self, rows: &[usize]) -> Self {
+        let (l, p) = (self.max_seq_length, self.max_predictions_per_seq);
+        let gather = |values: &[i32], width: usize| -> Vec<i32> {
+            rows.iter()
+                .flat_map(|&r| Self::row(values, width, r).iter().copied())
+                .collect()
+        };
+        let gather8 = |values: &[i8], width: usize| -> Vec<i8> {
+            rows.iter()
+                .flat_map(|&r| Self::row(values, width, r).iter().copied())
+                .collect()
+        };
+        Self {
+            num_instances: rows.len(),
+            max_seq_length: l,
+            max_predictions_per_seq: p,
+            input_ids: gather(&self.input_ids, l),
+            input_mask: gather8(&self.input_mask, l),
+            segment_ids: gather8(&self.segment_ids, l),
+            masked_lm_positions: gather(&self.masked_lm_positions, p),
+            masked_lm_ids: gather(&self.masked_lm_ids, p),
+            next_sentence_labels: gather8(&self.next_sentence_labels, 1),
+        }
+    }
+
     /// Row `i` of a `[N, width]` array.
     fn row<T>(values: &[T], width: usize, i: usize) -> &[T] {
         &values[i * width..(i + 1) * width]
