@@ -18,7 +18,7 @@ scripts/fetch-test-model.sh "$MODEL" >/dev/null
 cargo build --release -q -p bert-native
 BIN=$(cargo metadata --format-version 1 --no-deps | "$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/bert-native
 
-ours=$("$BIN" bench --model "$MODEL" --extra-weights "$HEADS" --batch-size "$BATCH" --seq-len "$SEQ" --iterations "$ITERS")
+ours=$("$BIN" bench forward --model "$MODEL" --extra-weights "$HEADS" --batch-size "$BATCH" --seq-len "$SEQ" --iterations "$ITERS")
 theirs=$("$PYTHON" bench/forward_torch.py "$MODEL" --extra-weights "$HEADS" --batch-size "$BATCH" --seq-len "$SEQ" --iterations "$ITERS")
 echo "$ours"
 echo "$theirs"

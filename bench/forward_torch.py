@@ -60,7 +60,7 @@ with torch.inference_mode():
 times.sort()
 pct = lambda q: times[min(max(math.ceil(q / 100 * len(times)), 1), len(times)) - 1]
 mean = statistics.mean(times)
-print(json.dumps({"backend": f"pytorch-{torch.__version__}-cpu-{a.threads}threads", "batch_size": a.batch_size,
-                  "seq_len": a.seq_len, "iterations": a.iterations, "latency_ms_p50": pct(50),
-                  "latency_ms_p90": pct(90), "latency_ms_p95": pct(95), "latency_ms_p99": pct(99),
-                  "latency_ms_mean": mean, "inference_sequences_per_second": a.batch_size * 1000 / mean}))
+print(json.dumps({"benchmark": "forward", "backend": f"pytorch-{torch.__version__}-cpu-{a.threads}threads",
+                  "batch_size": a.batch_size, "seq_len": a.seq_len, "iterations": a.iterations,
+                  "latency_ms": {"p50": pct(50), "p90": pct(90), "p95": pct(95), "p99": pct(99), "mean": mean},
+                  "inference_sequences_per_second": a.batch_size * 1000 / mean}))

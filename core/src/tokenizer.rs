@@ -118,6 +118,50 @@ impl BertTokenizer {
         Self::finish(inner, lower_case)
     }
 
+    /// Learns a WordPiece vocabulary of about `vocab_size` entries from `texts` and returns it as
+    /// the text of a `vocab.txt` laid out like BERT's: `[PAD]` at 0, `[unused0..98]`, then
+    /// `[UNK]` 100, `[CLS]` 101, `[SEP]` 102, `[MASK]` 103, so the special ids match the ones the
+    /// reference's shard layout assumes.
+    pub fn train_vocab<'a>(
+        texts: impl Iterator<Item = &'a str> + Send,
+        vocab_size: usize,
+        lower_case: bool,
+    ) -> Result<String, TokenizerError> {
+        use tokenizers::models::wordpiece::WordPieceTrainer;
+        use tokenizers::models::TrainerWrapper;
+
+        let mut tokenizer = Tokenizer::new(WordPiece::default());
+        tokenizer
+            .with_normalizer(Some(BertNormalizer::new(true, true, None, lower_case)))
+            .map_err(|e| TokenizerError::Build(e.to_string()))?;
+        tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+        let mut trainer: TrainerWrapper = WordPieceTrainer::builder()
+            .vocab_size(vocab_size)
+            .show_progress(false)
+            .special_tokens(
+                SPECIAL_TOKENS
+                    .iter()
+                    .map(|t| AddedToken::from(*t, true))
+                    .collect(),
+            )
+            .build()
+            .into();
+        tokenizer
+            .train(&mut trainer, texts)
+            .map_err(|e| TokenizerError::Build(e.to_string()))?;
+        let mut learned: Vec<(String, u32)> = tokenizer
+            .get_vocab(false)
+            .into_iter()
+            .filter(|(token, _)| !SPECIAL_TOKENS.contains(&token.as_str()))
+            .collect();
+        learned.sort_by_key(|(_, id)| *id);
+        let mut lines = vec!["[PAD]".to_string()];
+        lines.extend((0..99).map(|i| format!("[unused{i}]")));
+        lines.extend(["[UNK]", "[CLS]", "[SEP]", "[MASK]"].map(String::from));
+        lines.extend(learned.into_iter().map(|(token, _)| token));
+        Ok(lines.join("\n") + "\n")
+    }
+
     /// Reads a `vocab.txt` file.
     pub fn from_vocab_file(
         path: impl AsRef<Path>,
@@ -418,6 +462,29 @@ mod tests {
             BertTokenizer::from_vocab("the\nfox\n", true),
             Err(TokenizerError::MissingSpecialToken("[PAD]"))
         ));
+    }
+
+    #[test]
+    fn trains_a_vocabulary_with_berts_special_ids() {
+        let texts = [
+            "The river Kalor flows into the Ventis Sea.",
+            "Mira Dolen was born in Kalor in 1888.",
+        ];
+        let corpus: Vec<&str> = texts.iter().cycle().take(50).copied().collect();
+        let vocab = BertTokenizer::train_vocab(corpus.into_iter(), 200, true).unwrap();
+        let lines: Vec<&str> = vocab.lines().collect();
+        assert_eq!(lines[0], "[PAD]");
+        assert_eq!(&lines[100..104], ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]);
+        let tokenizer = BertTokenizer::from_vocab(&vocab, true).unwrap();
+        let encoding = tokenizer
+            .encode("Kalor flows into the sea.", None, None)
+            .unwrap();
+        assert_eq!(encoding.ids[0], 101);
+        assert!(
+            !encoding.ids.contains(&100),
+            "no [UNK] for words of the corpus: {:?}",
+            encoding.tokens
+        );
     }
 
     #[test]

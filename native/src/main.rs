@@ -1,11 +1,13 @@
 //! `bert-native`: the command-line front end of bert-core (CPU, wgpu and CUDA backends).
 
 mod backend;
+mod bench;
 mod commands;
 mod dllogger;
 mod prep;
 mod pretrain;
 mod pretraining_shards;
+mod quickstart;
 mod report;
 mod shard_file;
 
@@ -36,13 +38,17 @@ enum Command {
     /// Convert a checkpoint (Hugging Face .bin, NVIDIA .pt, safetensors) to a Hugging Face
     /// safetensors folder.
     Convert(commands::convert::ConvertArgs),
-    /// Time the forward pass on a fixed batch: latency percentiles and sequences per second.
-    Bench(commands::bench::BenchArgs),
+    /// Benchmarks: forward pass and pretraining steps (sequences per second, latency percentiles).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Pretraining data: text corpus to NVIDIA-compatible HDF5 shards.
     #[command(subcommand)]
     Prep(prep::PrepCommand),
     /// MLM + NSP pretraining with NVLAMB (run_pretraining.py).
     Pretrain(Box<pretrain::PretrainArgs>),
+    /// The recipe end to end in minutes with no downloads: a synthetic encyclopedia, a learned
+    /// vocabulary, data preparation, pretraining of a small BERT, masked-LM accuracy before/after.
+    Quickstart(quickstart::QuickstartArgs),
 }
 
 fn main() {
@@ -52,9 +58,10 @@ fn main() {
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Convert(args) => commands::convert::run(args),
-        Command::Bench(args) => commands::bench::run(args),
+        Command::Bench(command) => bench::run(command),
         Command::Prep(command) => prep::run(command),
         Command::Pretrain(args) => pretrain::run(*args),
+        Command::Quickstart(args) => quickstart::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

@@ -9,6 +9,7 @@ pub mod reader;
 pub mod rng;
 pub mod shard;
 pub mod sharding;
+pub mod synthetic;
 pub mod text;
 
 pub use instances::{

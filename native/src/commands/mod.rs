@@ -1,6 +1,5 @@
 //! One module per subcommand.
 
-pub mod bench;
 pub mod convert;
 pub mod encode;
 pub mod info;

@@ -1,5 +1,4 @@
-//! `bert-native bench`: times the forward pass of a model folder on a fixed batch and prints one
-//! JSON line (latency percentiles and throughput, the figures the reference's inference logs).
+//! `bert-native bench forward`: times the forward pass of a model folder on a fixed batch.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,11 +9,12 @@ use bert_core::pretrained::{load_model, ModelFiles};
 use burn::tensor::backend::Backend;
 use clap::Args;
 
+use super::{synthetic_row, timing_summary};
 use crate::backend::{self, BackendKind, Job};
 
-/// Arguments of `bench`.
+/// Arguments of `bench forward`.
 #[derive(Debug, Args)]
-pub struct BenchArgs {
+pub struct ForwardArgs {
     /// Model folder.
     #[arg(long)]
     model: PathBuf,
@@ -38,8 +38,8 @@ pub struct BenchArgs {
     backend: BackendKind,
 }
 
-/// Runs `bench`.
-pub fn run(args: BenchArgs) -> Result<()> {
+/// Runs `bench forward`.
+pub fn run(args: ForwardArgs) -> Result<()> {
     if args.batch_size == 0 || args.seq_len < 2 || args.iterations == 0 {
         bail!("need --batch-size >= 1, --seq-len >= 2 and --iterations >= 1");
     }
@@ -58,23 +58,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
             warmup: args.warmup,
         },
     )?;
-    times_ms.sort_by(f64::total_cmp);
-    let percentile = |p: f64| {
-        let rank = ((p / 100.0) * times_ms.len() as f64).ceil() as usize;
-        times_ms[rank.clamp(1, times_ms.len()) - 1]
-    };
-    let mean_ms = times_ms.iter().sum::<f64>() / times_ms.len() as f64;
+    let summary = timing_summary(&mut times_ms, args.batch_size);
     let json = serde_json::json!({
+        "benchmark": "forward",
         "backend": backend_name,
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
         "iterations": args.iterations,
-        "latency_ms_p50": percentile(50.0),
-        "latency_ms_p90": percentile(90.0),
-        "latency_ms_p95": percentile(95.0),
-        "latency_ms_p99": percentile(99.0),
-        "latency_ms_mean": mean_ms,
-        "inference_sequences_per_second": args.batch_size as f64 * 1000.0 / mean_ms,
+        "latency_ms": summary.latency_ms,
+        "inference_sequences_per_second": summary.sequences_per_second,
     });
     println!("{json}");
     Ok(())
@@ -82,18 +74,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 /// `[CLS] w w ... w [SEP]` rows of deterministic ordinary word ids, no padding.
 fn synthetic_batch(batch_size: usize, seq_len: usize, vocab_size: usize) -> TokenBatch {
-    // Ids 1000.. are ordinary word pieces in BERT vocabularies; 101/102 are [CLS]/[SEP].
-    let ordinary = (vocab_size.saturating_sub(1000)).max(1) as i64;
-    let row = |r: usize| {
-        let mut ids: Vec<i64> = (0..seq_len)
-            .map(|i| 1000 + ((i * 7919 + r * 104_729) as i64 % ordinary))
-            .collect();
-        ids[0] = 101;
-        ids[seq_len - 1] = 102;
-        ids
-    };
     TokenBatch {
-        input_ids: (0..batch_size).map(row).collect(),
+        input_ids: (0..batch_size)
+            .map(|r| synthetic_row(r, seq_len, vocab_size))
+            .collect(),
         token_type_ids: None,
         attention_mask: None,
     }
