@@ -44,6 +44,8 @@ pub mod model;
 pub mod optim;
 pub mod pretrained;
 pub mod pretraining;
+pub mod squad;
 pub mod tokenizer;
+pub mod train;
 
 pub use config::BertConfig;

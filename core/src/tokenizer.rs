@@ -290,6 +290,35 @@ impl BertTokenizer {
         Ok(self.pieces(text)?.ids)
     }
 
+    /// WordPiece ids and tokens of a text, without framing.
+    pub fn wordpieces(&self, text: &str) -> Result<(Vec<u32>, Vec<String>), TokenizerError> {
+        let pieces = self.pieces(text)?;
+        Ok((pieces.ids, pieces.tokens))
+    }
+
+    /// The reference's `BasicTokenizer`: the normaliser (lower-casing, accent stripping, CJK
+    /// splitting) and the pre-tokenizer (whitespace and punctuation splits), without WordPiece.
+    pub fn basic_tokenize(&self, text: &str) -> Result<Vec<String>, TokenizerError> {
+        use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+        let error = |e: tokenizers::Error| TokenizerError::Encode(e.to_string());
+        let mut pretokenized = PreTokenizedString::from(text);
+        if let Some(normalizer) = self.inner.get_normalizer() {
+            pretokenized
+                .normalize(|s| tokenizers::Normalizer::normalize(normalizer, s))
+                .map_err(error)?;
+        }
+        if let Some(pre_tokenizer) = self.inner.get_pre_tokenizer() {
+            pre_tokenizer
+                .pre_tokenize(&mut pretokenized)
+                .map_err(error)?;
+        }
+        Ok(pretokenized
+            .get_splits(OffsetReferential::Original, OffsetType::Char)
+            .into_iter()
+            .map(|(token, _, _)| token.to_string())
+            .collect())
+    }
+
     /// `[CLS] A [SEP]` or `[CLS] A [SEP] B [SEP]`. With `max_len`, the pair is cut as the
     /// reference's `truncate_seq_pair` does: one token at a time from the end of the longer text.
     pub fn encode(

@@ -4,6 +4,7 @@ mod backend;
 mod bench;
 mod commands;
 mod dllogger;
+mod plot;
 mod prep;
 mod pretrain;
 mod pretraining_shards;
@@ -46,6 +47,8 @@ enum Command {
     Prep(prep::PrepCommand),
     /// MLM + NSP pretraining with NVLAMB (run_pretraining.py).
     Pretrain(Box<pretrain::PretrainArgs>),
+    /// Loss and learning-rate curves of a pretraining log, as a PNG.
+    Plot(plot::PlotArgs),
     /// The recipe end to end in minutes with no downloads: a synthetic encyclopedia, a learned
     /// vocabulary, data preparation, pretraining of a small BERT, masked-LM accuracy before/after.
     Quickstart(quickstart::QuickstartArgs),
@@ -61,6 +64,7 @@ fn main() {
         Command::Bench(command) => bench::run(command),
         Command::Prep(command) => prep::run(command),
         Command::Pretrain(args) => pretrain::run(*args),
+        Command::Plot(args) => plot::run(args),
         Command::Quickstart(args) => quickstart::run(args),
     };
     if let Err(error) = result {

@@ -485,3 +485,145 @@ fn sigterm_stops_with_a_checkpoint_to_resume_from() {
     assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
     assert!(out.join("model.safetensors").exists());
 }
+
+/// `small_config` with positions for phase 2's 512 tokens.
+fn small_config_512(dir: &Path) -> PathBuf {
+    let path = dir.join("config512.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(small_config(dir)).unwrap()).unwrap();
+    config["max_position_embeddings"] = 512.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn phase_two_starts_from_phase_one_and_counts_on() {
+    let tmp = TempDir::new("phase2");
+    let config = small_config_512(&tmp.0);
+    let out = tmp.0.join("run");
+    succeed(&as_strs(&small_run(
+        &config,
+        &out,
+        2,
+        &["--num-steps-per-checkpoint", "1"],
+    )));
+    let phase1 = std::fs::read(out.join("model.safetensors")).unwrap();
+
+    let shards = tmp.0.join("seq512");
+    std::fs::create_dir_all(&shards).unwrap();
+    std::fs::copy(
+        fixture("hdf5/tiny_seq512_training_0.hdf5"),
+        shards.join("tiny_seq512_training_0.hdf5"),
+    )
+    .unwrap();
+    let phase2 = |max_steps: &str| -> Output {
+        succeed(&[
+            "pretrain",
+            "--config-file",
+            s(&config),
+            "--input-dir",
+            s(&shards),
+            "--output-dir",
+            s(&out),
+            "--phase2",
+            "--resume-from-checkpoint",
+            "--phase1-end-step",
+            "2",
+            "--train-batch-size",
+            "4",
+            "--gradient-accumulation-steps",
+            "2",
+            "--max-steps",
+            max_steps,
+            "--num-steps-per-checkpoint",
+            "1",
+            "--disable-progress-bar",
+        ])
+    };
+    let first = phase2("2");
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        stderr.contains("from")
+            && stderr.contains("ckpt_2")
+            && stderr.contains("phase 2 starts at step 0"),
+        "{stderr}"
+    );
+    assert!(out.join("ckpt_3.safetensors").exists() && out.join("ckpt_4.safetensors").exists());
+    assert_ne!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        phase1
+    );
+    let phase2_steps: Vec<u64> = std::fs::read_to_string(out.join("dllogger.json"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(&l[5..]).ok())
+        .filter(|e| e["data"]["lr"].as_f64().is_some())
+        .map(|e| e["step"][1].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        phase2_steps,
+        [1, 2, 3, 4],
+        "phase 1 logs steps 1-2, phase 2 goes on as 3-4"
+    );
+    // Phase 2 extended: resumes phase 2 (no second restart) at its step 2.
+    let again = phase2("3");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("ckpt_4") && !stderr.contains("starts at step 0"),
+        "{stderr}"
+    );
+    assert!(out.join("ckpt_5.safetensors").exists());
+}
+
+#[test]
+fn a_diverging_run_stops_with_its_last_good_checkpoint() {
+    let tmp = TempDir::new("diverge");
+    let config = small_config(&tmp.0);
+    let out = tmp.0.join("run");
+    let mut args = small_run(&config, &out, 50, &["--num-steps-per-checkpoint", "1"]);
+    for (flag, value) in [("--learning-rate", "1e30"), ("--warmup-proportion", "0")] {
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args[at + 1] = value.to_string();
+    }
+    let output = bert_native(&as_strs(&args)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the loss became") && stderr.contains("last good checkpoint"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let checkpoints = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("ckpt_")
+        })
+        .count();
+    assert!(checkpoints >= 1, "{stderr}");
+}
+
+#[test]
+fn plots_the_log_as_a_png() {
+    let tmp = TempDir::new("plot");
+    let config = small_config(&tmp.0);
+    let out = tmp.0.join("run");
+    succeed(&as_strs(&small_run(
+        &config,
+        &out,
+        3,
+        &["--skip-checkpoint"],
+    )));
+    let png = tmp.0.join("curves.png");
+    succeed(&["plot", s(&out.join("dllogger.json")), "--output", s(&png)]);
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000);
+    let empty = tmp.0.join("empty.json");
+    std::fs::write(&empty, "").unwrap();
+    let output = bert_native(&["plot", s(&empty)]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no training steps"));
+}

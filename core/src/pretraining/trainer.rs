@@ -1,17 +1,14 @@
-//! One optimizer step of pretraining, as `run_pretraining.py` takes it: each micro-batch's loss is
-//! divided by the accumulation steps and back-propagated, the gradients accumulate, then NVLAMB
-//! steps every parameter at the schedule's rate for the next step.
+//! One optimizer step of pretraining, as `run_pretraining.py` takes it (see [`Trainer`]): the
+//! MLM + NSP loss of each micro-batch, accumulated, then NVLAMB; and masked-LM evaluation.
 
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::batch::PretrainingBatch;
 use crate::data::ShardArrays;
 use crate::model::BertForPreTraining;
-use crate::optim::{Lamb, LambConfig, LrSchedule};
+use crate::train::{scalar, Trainer};
 
 /// What one optimizer step did, for the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -34,87 +31,31 @@ pub struct StepReport {
     pub masked_tokens: usize,
 }
 
-/// The model, its optimizer and the schedule: everything a step changes.
-#[derive(Debug, Clone)]
-pub struct Pretrainer<AB: AutodiffBackend> {
-    /// The model being trained.
-    pub model: BertForPreTraining<AB>,
-    /// NVLAMB and its moments.
-    pub optimizer: Lamb<AB::InnerBackend>,
-    /// Learning rate by step.
-    pub schedule: LrSchedule,
-    /// Seed of dropout (re-seeded per step, so a resumed run draws the same masks).
-    pub seed: u64,
-    device: AB::Device,
-}
+/// Pretraining's trainer: [`BertForPreTraining`] under NVLAMB.
+pub type Pretrainer<AB> = Trainer<AB, BertForPreTraining<AB>>;
 
-impl<AB: AutodiffBackend> Pretrainer<AB> {
-    /// A trainer at step 0.
-    pub fn new(
-        model: BertForPreTraining<AB>,
-        lamb: LambConfig,
-        schedule: LrSchedule,
-        seed: u64,
-        device: AB::Device,
-    ) -> Self {
-        Self {
-            model,
-            optimizer: Lamb::new(lamb),
-            schedule,
-            seed,
-            device,
-        }
-    }
-
-    /// Optimizer steps taken.
-    pub fn step(&self) -> u64 {
-        self.optimizer.step_count()
-    }
-
+impl<AB: AutodiffBackend> Trainer<AB, BertForPreTraining<AB>> {
     /// One optimizer step over `micro_batches` (their number is the accumulation).
     pub fn train_step(&mut self, micro_batches: &[ShardArrays]) -> StepReport {
-        let next = self.step() + 1;
-        AB::seed(
-            &self.device,
-            self.seed
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                .wrapping_add(next),
-        );
-        let accumulation = micro_batches.len().max(1) as f64;
-        let mut accumulator = GradientsAccumulator::new();
-        let mut mlm_sum: Option<Tensor<AB::InnerBackend, 1>> = None;
-        let mut nsp_sum: Option<Tensor<AB::InnerBackend, 1>> = None;
-        let (mut sequences, mut masked_tokens) = (0, 0);
-        for arrays in micro_batches {
-            let batch = PretrainingBatch::<AB>::new(arrays, &self.device);
-            sequences += batch.num_rows;
-            masked_tokens += batch.num_masked;
-            let loss = self.model.pretraining_loss(&batch);
-            let scaled = loss.total() / accumulation;
-            let grads = GradientsParams::from_grads(scaled.backward(), &self.model);
-            accumulator.accumulate(&self.model, grads);
-            let add = |sum: Option<Tensor<AB::InnerBackend, 1>>, part: Tensor<AB, 1>| {
-                let part = part.inner() / accumulation;
-                Some(match sum {
-                    Some(sum) => sum + part,
-                    None => part,
-                })
-            };
-            mlm_sum = add(mlm_sum, loss.mlm);
-            nsp_sum = add(nsp_sum, loss.nsp);
-        }
-        let grads = accumulator.grads();
-        let lr = self.schedule.lr(next);
-        let (model, global_grad_norm) = self.optimizer.step_module(lr, self.model.clone(), &grads);
-        self.model = model;
-        let (mlm_loss, nsp_loss) = (mlm_sum.map_or(0.0, scalar), nsp_sum.map_or(0.0, scalar));
+        let device = self.device.clone();
+        let (sequences, masked_tokens) = micro_batches.iter().fold((0, 0), |(s, m), arrays| {
+            let masked: usize = (0..arrays.num_instances)
+                .map(|r| arrays.num_predictions(r))
+                .sum();
+            (s + arrays.num_instances, m + masked)
+        });
+        let step = self.step(micro_batches, |model, arrays| {
+            let loss = model.pretraining_loss(&PretrainingBatch::new(arrays, &device));
+            vec![loss.mlm, loss.nsp]
+        });
+        let (mlm_loss, nsp_loss) = (step.losses[0], step.losses[1]);
         StepReport {
-            step: next,
-            lr,
+            step: step.step,
+            lr: step.lr,
             loss: mlm_loss + nsp_loss,
             mlm_loss,
             nsp_loss,
-            global_grad_norm: scalar(global_grad_norm),
+            global_grad_norm: step.global_grad_norm,
             sequences,
             masked_tokens,
         }
@@ -124,15 +65,6 @@ impl<AB: AutodiffBackend> Pretrainer<AB> {
     pub fn evaluate(&self, batches: &[ShardArrays]) -> MlmEvaluation {
         evaluate(&self.model.valid(), batches, &self.device)
     }
-}
-
-/// Reads a `[1]` tensor back to the host.
-fn scalar<B: Backend>(tensor: Tensor<B, 1>) -> f64 {
-    tensor
-        .into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .map_or(f64::NAN, |v| v[0])
 }
 
 /// Masked-LM quality on held-out batches.

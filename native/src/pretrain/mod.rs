@@ -352,7 +352,7 @@ impl Job for PretrainJob {
                 "config": config, "train_batch_size": settings.micro_batch * settings.accumulation,
                 "gradient_accumulation_steps": settings.accumulation, "max_steps": settings.max_steps,
                 "schedule": settings.schedule, "lamb": settings.lamb, "seed": args.seed,
-                "input_files": reader.files().len(), "start_step": trainer.step(),
+                "input_files": reader.files().len(), "start_step": trainer.step_count(),
                 "backend": args.backend.to_string(), "precision": "fp32",
             }),
         )?;
@@ -362,7 +362,7 @@ impl Job for PretrainJob {
                 return Ok(());
             }
             let state = TrainingState {
-                step: trainer.step(),
+                step: trainer.step_count(),
                 step_offset,
                 data_position: position,
                 schedule: settings.schedule,
@@ -374,7 +374,7 @@ impl Job for PretrainJob {
             let bytes = encode(trainer, &state)?;
             checkpoints::save(
                 &output_dir,
-                trainer.step() + step_offset,
+                trainer.step_count() + step_offset,
                 &bytes,
                 args.keep_checkpoints,
             )?;
@@ -382,17 +382,17 @@ impl Job for PretrainJob {
         };
 
         let run_end = args.steps_this_run.map_or(settings.max_steps, |n| {
-            (trainer.step() + n).min(settings.max_steps)
+            (trainer.step_count() + n).min(settings.max_steps)
         });
         let bar = progress_bar(
-            trainer.step(),
+            trainer.step_count(),
             settings.max_steps,
             args.disable_progress_bar,
         );
         let started = Instant::now();
         let (mut sequences, mut last): (usize, Option<StepReport>) = (0, None);
-        let mut last_saved = trainer.step();
-        while trainer.step() < run_end && !stop.load(Ordering::Relaxed) {
+        let mut last_saved = trainer.step_count();
+        while trainer.step_count() < run_end && !stop.load(Ordering::Relaxed) {
             let step_started = Instant::now();
             let micro_batches = (0..settings.accumulation)
                 .map(|_| reader.next_batch())
@@ -433,13 +433,13 @@ impl Job for PretrainJob {
         }
         bar.finish_and_clear();
         let raw_train_time = started.elapsed().as_secs_f64();
-        if trainer.step() != last_saved {
+        if trainer.step_count() != last_saved {
             save(&trainer, reader.position())?;
         }
         if stop.load(Ordering::Relaxed) {
             eprintln!(
                 "stopped by a signal after step {}; continue with --resume-from-checkpoint",
-                trainer.step() + step_offset
+                trainer.step_count() + step_offset
             );
         }
 
@@ -459,12 +459,12 @@ impl Job for PretrainJob {
                 "raw_train_time": raw_train_time,
                 "training_sequences_per_second": sequences as f64 / raw_train_time.max(1e-9),
                 "final_loss": last.map(|r| r.loss),
-                "step": trainer.step() + step_offset,
+                "step": trainer.step_count() + step_offset,
             }),
         )?;
         eprintln!(
             "step {}: loss {}; wrote {}",
-            trainer.step() + step_offset,
+            trainer.step_count() + step_offset,
             last.map_or("n/a".to_string(), |r| format!("{:.4}", r.loss)),
             weights.display()
         );

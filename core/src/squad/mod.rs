@@ -1,0 +1,13 @@
+//! SQuAD v1.1 (`run_squad.py`): the dataset format and its examples ([`data`]), the sliding-window
+//! features ([`features`]), from logits to answers ([`postprocess`]), and the official metric
+//! ([`metric`]).
+
+pub mod data;
+pub mod features;
+pub mod metric;
+pub mod postprocess;
+
+pub use data::{read_examples, SquadDataset, SquadExample};
+pub use features::{convert_examples_to_features, features_batch, FeatureConfig, SquadFeature};
+pub use metric::{evaluate, SquadScores};
+pub use postprocess::{best_answers, Answer, AnswerConfig, WindowLogits};
