@@ -39,6 +39,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod glue;
 pub mod io;
 pub mod model;
 pub mod optim;

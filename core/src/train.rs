@@ -5,8 +5,9 @@
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 use crate::optim::{Lamb, LambConfig, LrSchedule};
 
@@ -108,6 +109,15 @@ impl<AB: AutodiffBackend, M: AutodiffModule<AB>> Trainer<AB, M> {
             global_grad_norm: scalar(global_grad_norm),
         }
     }
+}
+
+/// Mean cross-entropy of `logits` `[N, C]` against class ids `labels` `[N]`.
+pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    let n = labels.dims()[0];
+    log_softmax(logits, 1)
+        .gather(1, labels.reshape([n, 1]))
+        .neg()
+        .mean()
 }
 
 /// Reads a `[1]` tensor back to the host.

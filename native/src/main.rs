@@ -4,6 +4,7 @@ mod backend;
 mod bench;
 mod commands;
 mod dllogger;
+mod finetune;
 mod plot;
 mod prep;
 mod pretrain;
@@ -49,6 +50,13 @@ enum Command {
     Pretrain(Box<pretrain::PretrainArgs>),
     /// Loss and learning-rate curves of a pretraining log, as a PNG.
     Plot(plot::PlotArgs),
+    /// SQuAD v1.1 fine-tuning, prediction and evaluation (run_squad.py); `squad evaluate` scores
+    /// any predictions file.
+    Squad(finetune::squad::SquadArgs),
+    /// GLUE MRPC and SST-2 fine-tuning, evaluation and prediction (run_glue.py).
+    Glue(Box<finetune::glue::GlueArgs>),
+    /// Answer a question about a text of any length (inference.py).
+    Qa(Box<finetune::qa::QaArgs>),
     /// The recipe end to end in minutes with no downloads: a synthetic encyclopedia, a learned
     /// vocabulary, data preparation, pretraining of a small BERT, masked-LM accuracy before/after.
     Quickstart(quickstart::QuickstartArgs),
@@ -65,6 +73,9 @@ fn main() {
         Command::Prep(command) => prep::run(command),
         Command::Pretrain(args) => pretrain::run(*args),
         Command::Plot(args) => plot::run(args),
+        Command::Squad(args) => finetune::squad::run(args),
+        Command::Glue(args) => finetune::glue::run(*args),
+        Command::Qa(args) => finetune::qa::run(*args),
         Command::Quickstart(args) => quickstart::run(args),
     };
     if let Err(error) = result {

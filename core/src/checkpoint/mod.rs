@@ -104,10 +104,8 @@ impl Checkpoint {
                 source,
             })?;
         let head = &head[..read];
-        if looks_like_pytorch(head) {
-            let tensors = pytorch::read_file(path, &source_name, head.starts_with(ZIP_MAGIC))?;
-            Self::from_stored(&source_name, tensors)
-        } else if looks_like_safetensors(head) {
+        // Safetensors first: its header length can begin with the bytes of a pickle opcode.
+        if looks_like_safetensors(head) {
             let mut store = SafetensorsStore::from_file(path);
             let snapshots = store
                 .get_all_snapshots()
@@ -117,6 +115,9 @@ impl Checkpoint {
                     message: e.to_string(),
                 })?;
             Self::from_stored(&source_name, snapshots.clone())
+        } else if looks_like_pytorch(head) {
+            let tensors = pytorch::read_file(path, &source_name, head.starts_with(ZIP_MAGIC))?;
+            Self::from_stored(&source_name, tensors)
         } else {
             Err(CheckpointError::UnknownFormat(source_name))
         }
@@ -125,7 +126,7 @@ impl Checkpoint {
     /// Reads a safetensors checkpoint from memory (the browser's path); `source_name` is used in
     /// messages. PyTorch pickles need a file (their tensors are read lazily from the archive).
     pub fn from_bytes(bytes: Vec<u8>, source_name: &str) -> Result<Self, CheckpointError> {
-        if looks_like_pytorch(&bytes) {
+        if !looks_like_safetensors(&bytes) && looks_like_pytorch(&bytes) {
             return Err(CheckpointError::Format {
                 source_name: source_name.to_string(),
                 format: PYTORCH_FORMAT,
@@ -414,11 +415,28 @@ pub fn to_safetensors<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<u8>, C
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";
 
 fn looks_like_pytorch(bytes: &[u8]) -> bool {
-    // torch.save writes a zip archive; files from PyTorch < 1.6 are a bare pickle (protocol 2+).
-    bytes.starts_with(ZIP_MAGIC) || (bytes.len() > 1 && bytes[0] == 0x80 && bytes[1] >= 2)
+    // torch.save writes a zip archive; files from PyTorch < 1.6 are a bare pickle (protocol 2-5).
+    bytes.starts_with(ZIP_MAGIC)
+        || (bytes.len() > 1 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]))
 }
 
 fn looks_like_safetensors(bytes: &[u8]) -> bool {
-    // An 8-byte little-endian header length, then a JSON object.
-    bytes.len() > 9 && bytes[8] == b'{'
+    // An 8-byte little-endian header length (far below 4 GiB), then a JSON object.
+    bytes.len() > 9 && bytes[4..8] == [0, 0, 0, 0] && bytes[8] == b'{'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_safetensors_header_length_that_starts_like_a_pickle_is_still_safetensors() {
+        // A 640-byte header: its length's first bytes are 0x80 0x02, a pickle's protocol opcode.
+        let mut head = 0x0280u64.to_le_bytes().to_vec();
+        head.extend_from_slice(b"{\"a\":");
+        assert!(looks_like_safetensors(&head));
+        let legacy_pickle = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.";
+        assert!(looks_like_pytorch(legacy_pickle));
+        assert!(!looks_like_safetensors(legacy_pickle));
+    }
 }

@@ -556,6 +556,59 @@ impl Encyclopedia {
     }
 }
 
+/// Splits articles into a training part and a held-out part (every seventh article), each shuffled
+/// with `seed`, so any prefix of either holds every kind of article (people, cities, companies,
+/// rivers, countries) and every question form.
+pub fn split_held_out(articles: &[Article], seed: u64) -> (Vec<Article>, Vec<Article>) {
+    let (mut held_out, mut train) = (Vec::new(), Vec::new());
+    for (i, article) in articles.iter().enumerate() {
+        let part = if i % 7 == 3 {
+            &mut held_out
+        } else {
+            &mut train
+        };
+        part.push(article.clone());
+    }
+    let mut rng = PrepRng::new(seed, 2);
+    let mut take = |mut part: Vec<Article>| {
+        rng.shuffle(&mut part);
+        part
+    };
+    let train = take(train);
+    (train, take(held_out))
+}
+
+/// Articles and their questions in the SQuAD v1.1 format (one paragraph per article; question ids
+/// are `<title>/<n>`), for fine-tuning and evaluating question answering.
+pub fn squad_dataset(articles: &[Article]) -> crate::squad::SquadDataset {
+    use crate::squad::data::{SquadAnswer, SquadArticle, SquadParagraph, SquadQuestion};
+    crate::squad::SquadDataset {
+        version: "1.1".into(),
+        data: articles
+            .iter()
+            .map(|article| SquadArticle {
+                title: article.title.clone(),
+                paragraphs: vec![SquadParagraph {
+                    context: article.text.clone(),
+                    qas: article
+                        .questions
+                        .iter()
+                        .enumerate()
+                        .map(|(n, q)| SquadQuestion {
+                            id: format!("{}/{n}", article.title),
+                            question: q.question.clone(),
+                            answers: vec![SquadAnswer {
+                                text: q.answer.clone(),
+                                answer_start: q.answer_start,
+                            }],
+                        })
+                        .collect(),
+                }],
+            })
+            .collect(),
+    }
+}
+
 fn last_name(name: &str) -> &str {
     name.rsplit(' ').next().unwrap_or(name)
 }
@@ -597,6 +650,20 @@ mod tests {
             }
         }
         assert!(questions > 500);
+        let (train, held_out) = split_held_out(&articles, 7);
+        assert_eq!(train.len() + held_out.len(), articles.len());
+        assert!(
+            held_out.iter().any(|a| a.title.ends_with("Works"))
+                && held_out.iter().any(|a| a.title.contains(' '))
+        );
+        let squad = squad_dataset(&articles);
+        assert_eq!(squad.num_questions(), questions);
+        let (examples, skipped) = crate::squad::read_examples(&squad, true);
+        assert!(
+            skipped.is_empty(),
+            "every answer is found at its offset: {skipped:?}"
+        );
+        assert_eq!(examples.len(), questions);
     }
 
     #[test]

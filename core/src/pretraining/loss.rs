@@ -2,12 +2,12 @@
 //! vocabulary projection, so the decoder runs on N tokens, not B x L) plus next-sentence
 //! cross-entropy, each the mean over its entries.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::Tensor;
 
 use super::batch::PretrainingBatch;
 use crate::model::BertForPreTraining;
+use crate::train::cross_entropy;
 
 /// The two losses of a micro-batch, `[1]` tensors (still attached to the graph when training).
 #[derive(Debug, Clone)]
@@ -23,15 +23,6 @@ impl<B: Backend> PretrainingLoss<B> {
     pub fn total(&self) -> Tensor<B, 1> {
         self.mlm.clone() + self.nsp.clone()
     }
-}
-
-/// Mean cross-entropy of `logits` `[N, C]` against class ids `labels` `[N]`.
-pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> Tensor<B, 1> {
-    let n = labels.dims()[0];
-    log_softmax(logits, 1)
-        .gather(1, labels.reshape([n, 1]))
-        .neg()
-        .mean()
 }
 
 impl<B: Backend> BertForPreTraining<B> {

@@ -8,5 +8,5 @@ pub mod loss;
 pub mod trainer;
 
 pub use batch::PretrainingBatch;
-pub use loss::{cross_entropy, PretrainingLoss};
+pub use loss::PretrainingLoss;
 pub use trainer::{evaluate, MlmEvaluation, Pretrainer, StepReport};

@@ -97,7 +97,7 @@ pub fn evaluate<B: Backend>(
             .reshape([rows * length, hidden])
             .select(0, batch.masked_lm_index.clone());
         let logits = model.mlm.forward(masked, model.bert.word_embeddings());
-        let loss = super::loss::cross_entropy(logits.clone(), batch.masked_lm_labels.clone());
+        let loss = crate::train::cross_entropy(logits.clone(), batch.masked_lm_labels.clone());
         let predicted: Vec<i64> = logits
             .argmax(1)
             .into_data()

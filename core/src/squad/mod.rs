@@ -6,8 +6,12 @@ pub mod data;
 pub mod features;
 pub mod metric;
 pub mod postprocess;
+pub mod predict;
+pub mod train;
 
 pub use data::{read_examples, SquadDataset, SquadExample};
 pub use features::{convert_examples_to_features, features_batch, FeatureConfig, SquadFeature};
 pub use metric::{evaluate, SquadScores};
 pub use postprocess::{best_answers, Answer, AnswerConfig, WindowLogits};
+pub use predict::{answers_by_question, window_logits, PredictError, QuestionAnswerer};
+pub use train::qa_loss;

@@ -349,6 +349,57 @@ mod tests {
     }
 
     #[test]
+    fn every_span_of_a_unicode_context_round_trips_through_its_offsets() {
+        let vocab = format!(
+            "{VOCAB}zurich\n##'\ns\ncafe\nodeon\nopened\n«\n»\n—\n東\n京\n(\n)\n:\nnaive\n!\n"
+        );
+        let tokenizer = BertTokenizer::from_vocab(&vocab, true).unwrap();
+        let context = "Zürich's café «Odéon» opened  in 1887 — (東京: naïve)!";
+        let json = serde_json::json!({"data": [{"paragraphs": [{"context": context,
+            "qas": [{"id": "q", "question": "who", "answers": []}]}]}]});
+        let data: SquadDataset = serde_json::from_value(json).unwrap();
+        let (examples, _) = read_examples(&data, false);
+        let example = &examples[0];
+        let features =
+            convert_examples_to_features(&examples, &tokenizer, &FeatureConfig::default(), false)
+                .unwrap();
+        let feature = &features[0];
+        let chars: Vec<char> = context.chars().collect();
+        for first in 0..feature.tokens.len() {
+            for last in first..feature.tokens.len() {
+                let (Some(a), Some(b)) =
+                    (feature.token_to_orig[first], feature.token_to_orig[last])
+                else {
+                    continue;
+                };
+                if last - first > 6 {
+                    continue;
+                }
+                let logits = logits_peaking_at(feature.tokens.len(), first, last);
+                let config = AnswerConfig {
+                    n_best_size: 1,
+                    max_answer_length: 30,
+                };
+                let answer =
+                    &best_answers(example, &[feature], &[&logits], &tokenizer, &config).unwrap()[0];
+                let (start, end) = answer.offsets.expect("a span in the context has offsets");
+                // The text joins words with one space as the reference does; the offsets cover
+                // the context as written, whatever whitespace lies between the words.
+                let highlighted: String = chars[start..end].iter().collect();
+                let highlighted = highlighted.split_whitespace().collect::<Vec<_>>().join(" ");
+                assert_eq!(highlighted, answer.text, "tokens {first}..={last}");
+                // The answer lies within the words its tokens came from.
+                let words = example.doc_tokens[a..=b].join(" ");
+                assert!(
+                    words.contains(&answer.text),
+                    "{:?} not in {words:?}",
+                    answer.text
+                );
+            }
+        }
+    }
+
+    #[test]
     fn final_text_falls_back_to_the_original_when_alignment_fails() {
         let tokenizer = BertTokenizer::from_vocab(VOCAB, true).unwrap();
         assert_eq!(

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use bert_core::model::TokenBatch;
+use bert_core::model::{BertForQuestionAnswering, TokenBatch};
 use bert_core::pretrained::{load_model, ModelFiles};
+use bert_core::BertConfig;
 use burn::tensor::backend::Backend;
 use clap::Args;
 
@@ -97,9 +98,7 @@ impl Job for BenchJob {
     fn run<B: Backend>(self, device: B::Device) -> Result<Vec<f64>> {
         let loaded = load_model::<B>(&self.files, &self.extra_weights, &device)?;
         let input = self.batch.to_input::<B>(&loaded.config, &device)?;
-        let mut times_ms = Vec::with_capacity(self.iterations);
-        for i in 0..self.warmup + self.iterations {
-            let start = Instant::now();
+        Ok(time_iterations(self.warmup, self.iterations, || {
             let outputs = loaded.model.forward(input.clone());
             // Reading results back waits for the device to finish the pass (the span head too,
             // when there is one, as a question-answering service would).
@@ -107,10 +106,97 @@ impl Job for BenchJob {
             if let Some(start_logits) = outputs.start_logits {
                 let _ = start_logits.into_data();
             }
-            if i >= self.warmup {
-                times_ms.push(start.elapsed().as_secs_f64() * 1000.0);
-            }
+        }))
+    }
+}
+
+/// Milliseconds of each of `iterations` calls of `pass`, after `warmup` untimed ones.
+fn time_iterations(warmup: usize, iterations: usize, mut pass: impl FnMut()) -> Vec<f64> {
+    let mut times_ms = Vec::with_capacity(iterations);
+    for i in 0..warmup + iterations {
+        let start = Instant::now();
+        pass();
+        if i >= warmup {
+            times_ms.push(start.elapsed().as_secs_f64() * 1000.0);
         }
-        Ok(times_ms)
+    }
+    times_ms
+}
+
+/// Arguments of `bench squad-inference`.
+#[derive(Debug, Args)]
+pub struct SquadInferenceArgs {
+    /// Preset: base or large (random weights: speed does not depend on them).
+    #[arg(long, default_value = "large")]
+    config: String,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 384)]
+    seq: usize,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Timed forward passes.
+    #[arg(long, default_value_t = 5)]
+    iterations: usize,
+    /// Untimed forward passes first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    backend: BackendKind,
+}
+
+/// Runs `bench squad-inference`: the reference's SQuAD inference benchmark shape.
+pub fn run_squad_inference(args: SquadInferenceArgs) -> Result<()> {
+    if args.batch == 0 || args.seq < 2 || args.iterations == 0 {
+        bail!("need --batch >= 1, --seq >= 2 and --iterations >= 1");
+    }
+    let config = BertConfig::from_preset(&args.config)?;
+    let batch = synthetic_batch(args.batch, args.seq, config.vocab_size);
+    batch.validate(&config)?;
+    let backend_name = args.backend.to_string();
+    let mut times_ms = backend::run(
+        args.backend,
+        SquadInferenceJob {
+            config,
+            batch,
+            iterations: args.iterations,
+            warmup: args.warmup,
+        },
+    )?;
+    let summary = timing_summary(&mut times_ms, args.batch);
+    println!(
+        "{}",
+        serde_json::json!({
+            "benchmark": "squad-inference",
+            "backend": backend_name,
+            "config": args.config,
+            "batch_size": args.batch,
+            "seq_len": args.seq,
+            "iterations": args.iterations,
+            "latency_ms": summary.latency_ms,
+            "inference_sequences_per_second": summary.sequences_per_second,
+        })
+    );
+    Ok(())
+}
+
+struct SquadInferenceJob {
+    config: BertConfig,
+    batch: TokenBatch,
+    iterations: usize,
+    warmup: usize,
+}
+
+impl Job for SquadInferenceJob {
+    type Output = Vec<f64>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<f64>> {
+        let model = BertForQuestionAnswering::<B>::new(&self.config, &device);
+        let input = self.batch.to_input::<B>(&self.config, &device)?;
+        Ok(time_iterations(self.warmup, self.iterations, || {
+            let (start, end) = model.forward(input.clone());
+            let _ = (start.into_data(), end.into_data());
+        }))
     }
 }

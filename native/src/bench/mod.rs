@@ -15,6 +15,8 @@ pub enum BenchCommand {
     Forward(forward::ForwardArgs),
     /// Pretraining steps (forward, backward, NVLAMB) of a configuration from scratch.
     Pretrain(pretrain::PretrainBenchArgs),
+    /// SQuAD inference of a preset (the reference's benchmark: large, seq 384, batch 8).
+    SquadInference(forward::SquadInferenceArgs),
 }
 
 /// Runs a benchmark.
@@ -22,6 +24,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Forward(args) => forward::run(args),
         BenchCommand::Pretrain(args) => pretrain::run(args),
+        BenchCommand::SquadInference(args) => forward::run_squad_inference(args),
     }
 }
 

@@ -1,0 +1,145 @@
+//! Running a question-answering model over SQuAD features, and answering one question about one
+//! context of any length: the same windows and post-processing as the reference, so the CLI, the
+//! server and the browser give the same answers.
+
+use std::collections::{BTreeMap, HashMap};
+
+use burn::tensor::backend::Backend;
+
+use super::data::{
+    read_examples, SquadAnswer, SquadArticle, SquadDataset, SquadParagraph, SquadQuestion,
+};
+use super::features::{convert_examples_to_features, features_batch, FeatureConfig, SquadFeature};
+use super::postprocess::{best_answers, Answer, AnswerConfig, WindowLogits};
+use super::SquadExample;
+use crate::config::BertConfig;
+use crate::error::{InputError, TokenizerError};
+use crate::model::BertForQuestionAnswering;
+use crate::tokenizer::BertTokenizer;
+
+/// Why a prediction could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    /// Tokenization failed.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// A window does not fit the model (e.g. `max_seq_length` above its positions).
+    #[error(transparent)]
+    Input(#[from] InputError),
+}
+
+/// Start and end logits of every feature, in order, computed in batches of `batch_size`.
+pub fn window_logits<B: Backend>(
+    model: &BertForQuestionAnswering<B>,
+    config: &BertConfig,
+    features: &[SquadFeature],
+    max_seq_length: usize,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Vec<WindowLogits>, PredictError> {
+    let mut logits = Vec::with_capacity(features.len());
+    for chunk in features.chunks(batch_size.max(1)) {
+        let refs: Vec<&SquadFeature> = chunk.iter().collect();
+        let input = features_batch(&refs, max_seq_length).to_input::<B>(config, device)?;
+        let (start, end) = model.forward(input);
+        let length = start.dims()[1];
+        let start: Vec<f32> = start
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
+        let end: Vec<f32> = end
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
+        for row in 0..chunk.len() {
+            logits.push(WindowLogits {
+                start: start[row * length..(row + 1) * length].to_vec(),
+                end: end[row * length..(row + 1) * length].to_vec(),
+            });
+        }
+    }
+    Ok(logits)
+}
+
+/// The n-best answers of every example, by question id, from the features' logits.
+pub fn answers_by_question(
+    examples: &[SquadExample],
+    features: &[SquadFeature],
+    logits: &[WindowLogits],
+    tokenizer: &BertTokenizer,
+    config: &AnswerConfig,
+) -> Result<BTreeMap<String, Vec<Answer>>, TokenizerError> {
+    let mut windows: HashMap<usize, (Vec<&SquadFeature>, Vec<&WindowLogits>)> = HashMap::new();
+    for (feature, logit) in features.iter().zip(logits) {
+        let entry = windows.entry(feature.example_index).or_default();
+        entry.0.push(feature);
+        entry.1.push(logit);
+    }
+    let mut answers = BTreeMap::new();
+    for (index, example) in examples.iter().enumerate() {
+        let (features, logits) = windows.remove(&index).unwrap_or_default();
+        answers.insert(
+            example.qas_id.clone(),
+            best_answers(example, &features, &logits, tokenizer, config)?,
+        );
+    }
+    Ok(answers)
+}
+
+/// A question-answering model ready to answer: the model, its configuration and tokenizer, and the
+/// window and answer settings.
+pub struct QuestionAnswerer<'a, B: Backend> {
+    /// The model.
+    pub model: &'a BertForQuestionAnswering<B>,
+    /// Its configuration.
+    pub config: &'a BertConfig,
+    /// Its tokenizer.
+    pub tokenizer: &'a BertTokenizer,
+    /// Windows over long contexts.
+    pub features: FeatureConfig,
+    /// n-best and answer length.
+    pub answers: AnswerConfig,
+    /// Where the model lives.
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend> QuestionAnswerer<'_, B> {
+    /// Answers `question` from `context` (any length: windows as in SQuAD), best first.
+    pub fn answer(&self, question: &str, context: &str) -> Result<Vec<Answer>, PredictError> {
+        let dataset = single_question(question, context);
+        let (examples, _) = read_examples(&dataset, false);
+        let windows =
+            convert_examples_to_features(&examples, self.tokenizer, &self.features, false)?;
+        let logits = window_logits(
+            self.model,
+            self.config,
+            &windows,
+            self.features.max_seq_length,
+            8,
+            self.device,
+        )?;
+        let mut by_question =
+            answers_by_question(&examples, &windows, &logits, self.tokenizer, &self.answers)?;
+        Ok(by_question.remove("question").unwrap_or_default())
+    }
+}
+
+/// A dataset of one question about one context.
+fn single_question(question: &str, context: &str) -> SquadDataset {
+    SquadDataset {
+        version: "1.1".into(),
+        data: vec![SquadArticle {
+            title: String::new(),
+            paragraphs: vec![SquadParagraph {
+                context: context.to_string(),
+                qas: vec![SquadQuestion {
+                    id: "question".into(),
+                    question: question.to_string(),
+                    answers: Vec::<SquadAnswer>::new(),
+                }],
+            }],
+        }],
+    }
+}
