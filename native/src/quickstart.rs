@@ -79,7 +79,7 @@ pub fn run(args: QuickstartArgs) -> Result<()> {
         .with_context(|| format!("cannot create {}", dir.display()))?;
 
     eprintln!(
-        "[1/5] writing a synthetic encyclopedia ({} people)",
+        "[1/7] writing a synthetic encyclopedia ({} people)",
         args.people
     );
     let articles = Encyclopedia::generate(args.people, args.seed).articles(args.seed);
