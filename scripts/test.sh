@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"; CI runs exactly this after installing what it
-# needs with .ci/run). Fetches the reference checkpoint, then: formatting, lints with every backend
+# needs with .ci/run). Fetches the reference checkpoint and NVIDIA's Triton client (for the serving
+# interoperability test), then: formatting, lints with every backend
 # compiled in (CUDA included: the CUDA path must keep compiling on machines without a GPU), all
 # tests on the CPU (ndarray) and wgpu (lavapipe) backends, and the wasm32 build of bert-core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/fetch-test-model.sh
+scripts/setup-triton-client.sh
 
 # wgpu kernels are autotuned on first use; on lavapipe (CPU Vulkan) the minimal level is plenty.
 export CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}

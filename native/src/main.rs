@@ -11,6 +11,7 @@ mod pretrain;
 mod pretraining_shards;
 mod quickstart;
 mod report;
+mod serve;
 mod shard_file;
 
 use anyhow::Result;
@@ -60,6 +61,9 @@ enum Command {
     /// The recipe end to end in minutes with no downloads: a synthetic encyclopedia, a learned
     /// vocabulary, data preparation, pretraining of a small BERT, masked-LM accuracy before/after.
     Quickstart(quickstart::QuickstartArgs),
+    /// Serve the models of a repository over the KServe v2 / Triton HTTP protocol, with dynamic
+    /// batching and a text question-answering endpoint.
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -77,6 +81,7 @@ fn main() {
         Command::Glue(args) => finetune::glue::run(*args),
         Command::Qa(args) => finetune::qa::run(*args),
         Command::Quickstart(args) => quickstart::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

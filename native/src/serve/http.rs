@@ -1,0 +1,388 @@
+//! The HTTP routes: health, server and model metadata, inference (JSON or binary tensors), the
+//! text question-answering endpoint, and Prometheus metrics.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bert_core::BertConfig;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use super::batcher::{submit, Metrics, Work, BATCH_SIZE_BUCKETS};
+use super::protocol::{encode_response, parse_infer, HEADER_LENGTH, INPUT_NAMES};
+use super::repository::Task;
+
+/// What the HTTP side knows of a model: its description and its worker's queue.
+pub struct ModelEntry {
+    /// Name in URLs.
+    pub name: String,
+    /// Task.
+    pub task: Task,
+    /// Configuration (to validate inputs before they queue).
+    pub config: BertConfig,
+    /// Outputs and their dimensions after the batch.
+    pub outputs: Vec<(&'static str, Vec<i64>)>,
+    /// The worker's queue.
+    pub queue: SyncSender<Work>,
+    /// The worker's counters.
+    pub metrics: Arc<Metrics>,
+}
+
+type Models = Arc<Vec<ModelEntry>>;
+
+/// The server's routes over `models`.
+pub fn router(models: Vec<ModelEntry>) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(|| async { StatusCode::OK }))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(versioned_metadata),
+        )
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(versioned_ready),
+        )
+        .route("/v2/models/{name}/infer", post(infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(versioned_infer),
+        )
+        .route("/v2/models/{name}/qa", post(question_answering))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(models))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn find<'a>(models: &'a Models, name: &str) -> Option<&'a ModelEntry> {
+    models.iter().find(|m| m.name == name)
+}
+
+fn not_found(models: &Models, name: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no model named {name:?}; this server has {}",
+            models
+                .iter()
+                .map(|m| m.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    )
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "bert-native",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    }))
+}
+
+async fn model_metadata(State(models): State<Models>, Path(name): Path<String>) -> Response {
+    match find(&models, &name) {
+        Some(model) => {
+            let outputs: Vec<Value> = model
+                .outputs
+                .iter()
+                .map(|(name, dims)| {
+                    let mut shape = vec![-1];
+                    shape.extend(dims);
+                    json!({"name": name, "datatype": "FP32", "shape": shape})
+                })
+                .collect();
+            let inputs: Vec<Value> = INPUT_NAMES
+                .iter()
+                .map(|name| json!({"name": name, "datatype": "INT64", "shape": [-1, -1]}))
+                .collect();
+            Json(json!({
+                "name": model.name,
+                "versions": ["1"],
+                "platform": format!("bert-native/{}", model.task.name()),
+                "inputs": inputs,
+                "outputs": outputs,
+            }))
+            .into_response()
+        }
+        None => not_found(&models, &name),
+    }
+}
+
+async fn versioned_metadata(
+    state: State<Models>,
+    Path((name, _version)): Path<(String, String)>,
+) -> Response {
+    model_metadata(state, Path(name)).await
+}
+
+async fn model_ready(State(models): State<Models>, Path(name): Path<String>) -> Response {
+    match find(&models, &name) {
+        Some(_) => StatusCode::OK.into_response(),
+        None => not_found(&models, &name),
+    }
+}
+
+async fn versioned_ready(
+    state: State<Models>,
+    Path((name, _version)): Path<(String, String)>,
+) -> Response {
+    model_ready(state, Path(name)).await
+}
+
+async fn versioned_infer(
+    state: State<Models>,
+    Path((name, _version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    infer(state, Path(name), headers, body).await
+}
+
+async fn infer(
+    State(models): State<Models>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(model) = find(&models, &name) else {
+        return not_found(&models, &name);
+    };
+    let header_length = match headers.get(HEADER_LENGTH) {
+        Some(value) => match value.to_str().ok().and_then(|v| v.trim().parse().ok()) {
+            Some(length) => Some(length),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "Inference-Header-Content-Length is not a number",
+                )
+            }
+        },
+        None => None,
+    };
+    let output_names: Vec<&str> = model.outputs.iter().map(|(name, _)| *name).collect();
+    let inference = match parse_infer(&body, header_length, &model.config, &output_names) {
+        Ok(inference) => inference,
+        Err(bad) => {
+            model.metrics.failure.fetch_add(1, Ordering::Relaxed);
+            return error(StatusCode::BAD_REQUEST, bad.0);
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let work = Work::Infer {
+        batch: inference.batch.clone(),
+        queued: Instant::now(),
+        reply,
+    };
+    if let Some(refused) = queue(model, work) {
+        return refused;
+    }
+    match answer.await {
+        Ok(Ok(outputs)) => {
+            let encoded = encode_response(&model.name, &inference, &outputs);
+            let mut response = encoded.body.into_response();
+            let headers = response.headers_mut();
+            match encoded.header_length {
+                Some(length) => {
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    headers.insert(HEADER_LENGTH, HeaderValue::from(length));
+                }
+                None => {
+                    headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                }
+            }
+            response
+        }
+        Ok(Err(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the model worker stopped"),
+    }
+}
+
+/// Queues `work` for `model`; a response when it cannot be queued.
+fn queue(model: &ModelEntry, work: Work) -> Option<Response> {
+    match submit(&model.queue, work) {
+        Ok(()) => None,
+        Err(_) => {
+            model.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            Some(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the queue of {} is full: retry later", model.name),
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QaRequest {
+    question: String,
+    context: String,
+    #[serde(default = "one")]
+    n_best: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+async fn question_answering(
+    State(models): State<Models>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(model) = find(&models, &name) else {
+        return not_found(&models, &name);
+    };
+    if model.task != Task::QuestionAnswering {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{name} is a {} model, not question-answering",
+                model.task.name()
+            ),
+        );
+    }
+    let request: QaRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"question\": \"...\", \"context\": \"...\", \"n_best\": 1}}: {e}"
+                ),
+            )
+        }
+    };
+    if request.question.trim().is_empty() || request.context.trim().is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the question and the context must not be empty",
+        );
+    }
+    let (reply, answer) = oneshot::channel();
+    let work = Work::Answer {
+        question: request.question,
+        context: request.context,
+        n_best: request.n_best,
+        queued: Instant::now(),
+        reply,
+    };
+    if let Some(refused) = queue(model, work) {
+        return refused;
+    }
+    match answer.await {
+        Ok(Ok(answers)) => {
+            let best = &answers[0];
+            Json(json!({
+                "answer": best.text,
+                "score": best.probability,
+                "start": best.offsets.map(|o| o.0),
+                "end": best.offsets.map(|o| o.1),
+                "n_best": answers,
+            }))
+            .into_response()
+        }
+        Ok(Err(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the model worker stopped"),
+    }
+}
+
+/// Reads one counter of a model's metrics.
+type Counter = fn(&Metrics) -> u64;
+
+async fn metrics(State(models): State<Models>) -> Response {
+    let mut text = String::new();
+    let counters: [(&str, &str, Counter); 8] = [
+        ("nv_inference_request_success", "Requests answered", |m| {
+            m.success.load(Ordering::Relaxed)
+        }),
+        (
+            "nv_inference_request_failure",
+            "Requests that failed",
+            |m| m.failure.load(Ordering::Relaxed),
+        ),
+        (
+            "bert_inference_request_rejected",
+            "Requests refused: queue full",
+            |m| m.rejected.load(Ordering::Relaxed),
+        ),
+        (
+            "bert_inference_request_cancelled",
+            "Requests whose client left while queued",
+            |m| m.cancelled.load(Ordering::Relaxed),
+        ),
+        ("nv_inference_exec_count", "Model runs (batches)", |m| {
+            m.executions.load(Ordering::Relaxed)
+        }),
+        ("nv_inference_count", "Sequences run", |m| {
+            m.inferences.load(Ordering::Relaxed)
+        }),
+        (
+            "nv_inference_queue_duration_us",
+            "Time requests spent queued",
+            |m| m.queue_us.load(Ordering::Relaxed),
+        ),
+        (
+            "nv_inference_compute_infer_duration_us",
+            "Time spent computing",
+            |m| m.compute_us.load(Ordering::Relaxed),
+        ),
+    ];
+    for (metric, help, read) in counters {
+        let _ = writeln!(text, "# HELP {metric} {help}\n# TYPE {metric} counter");
+        for model in models.iter() {
+            let _ = writeln!(
+                text,
+                "{metric}{{model=\"{}\"}} {}",
+                model.name,
+                read(&model.metrics)
+            );
+        }
+    }
+    let metric = "bert_batch_size";
+    let _ = writeln!(
+        text,
+        "# HELP {metric} Sequences per model run\n# TYPE {metric} histogram"
+    );
+    for model in models.iter() {
+        let m = &model.metrics;
+        for (bucket, count) in BATCH_SIZE_BUCKETS.iter().zip(&m.batch_size_le) {
+            let _ = writeln!(
+                text,
+                "{metric}_bucket{{model=\"{}\",le=\"{bucket}\"}} {}",
+                model.name,
+                count.load(Ordering::Relaxed)
+            );
+        }
+        let executions = m.executions.load(Ordering::Relaxed);
+        let _ = writeln!(
+            text,
+            "{metric}_bucket{{model=\"{0}\",le=\"+Inf\"}} {executions}\n{metric}_sum{{model=\"{0}\"}} {1}\n{metric}_count{{model=\"{0}\"}} {executions}",
+            model.name,
+            m.inferences.load(Ordering::Relaxed)
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}

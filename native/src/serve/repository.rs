@@ -1,0 +1,241 @@
+//! The model repository: one folder per model (config, weights, vocabulary) with a `model.json`
+//! naming its task, loaded into the task's model on the chosen backend.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bert_core::model::{
+    BertForQuestionAnswering, BertForSequenceClassification, BertWithHeads, TokenBatch,
+};
+use bert_core::tokenizer::BertTokenizer;
+use bert_core::BertConfig;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::Deserialize;
+
+use crate::finetune::ModelArgs;
+
+/// What a served model computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Task {
+    /// Start and end logits of an answer span (`BertForQuestionAnswering`).
+    QuestionAnswering,
+    /// Class logits (`BertForSequenceClassification`).
+    SequenceClassification,
+    /// The encoder's last hidden state.
+    Encoder,
+}
+
+impl Task {
+    /// The name used in `model.json` and in the metadata's `platform`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::QuestionAnswering => "question-answering",
+            Task::SequenceClassification => "sequence-classification",
+            Task::Encoder => "encoder",
+        }
+    }
+}
+
+/// `model.json`: the task, and the windows of the text question-answering endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// The task.
+    pub task: Task,
+    /// Tokens per window for `/qa` (default 384, at most the model's positions).
+    #[serde(default = "default_max_seq_length")]
+    pub max_seq_length: usize,
+    /// Tokens between window starts for `/qa`.
+    #[serde(default = "default_doc_stride")]
+    pub doc_stride: usize,
+}
+
+fn default_max_seq_length() -> usize {
+    384
+}
+
+fn default_doc_stride() -> usize {
+    128
+}
+
+/// One output tensor of a model, on the host, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostOutput {
+    /// Output name (`start_logits`, `end_logits`, `logits`, `last_hidden_state`).
+    pub name: &'static str,
+    /// Dimensions, batch first.
+    pub shape: Vec<usize>,
+    /// Values.
+    pub data: Vec<f32>,
+}
+
+/// A model loaded for serving.
+pub struct ServedModel<B: Backend> {
+    /// The folder's name, the model's name in URLs.
+    pub name: String,
+    /// Its `model.json`.
+    pub settings: ModelSettings,
+    /// Its configuration.
+    pub config: BertConfig,
+    /// Its tokenizer (for `/qa`).
+    pub tokenizer: BertTokenizer,
+    /// The task's model.
+    pub model: TaskModel<B>,
+}
+
+/// The model of each task.
+pub enum TaskModel<B: Backend> {
+    /// Question answering.
+    QuestionAnswering(Box<BertForQuestionAnswering<B>>),
+    /// Sequence classification with its number of labels.
+    SequenceClassification(Box<BertForSequenceClassification<B>>, usize),
+    /// The encoder (with whatever heads its checkpoint holds, unused).
+    Encoder(Box<BertWithHeads<B>>),
+}
+
+/// The folders of a repository that hold a `model.json`, sorted by name.
+pub fn model_folders(repository: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(repository)
+        .with_context(|| format!("cannot read the model repository {}", repository.display()))?;
+    let mut folders = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot read {}", repository.display()))?
+            .path();
+        if path.is_dir() {
+            if !path.join("model.json").is_file() {
+                bail!(
+                    "{}: no model.json (it names the task: {{\"task\": \"question-answering\" | \"sequence-classification\" | \"encoder\"}})",
+                    path.display()
+                );
+            }
+            folders.push(path);
+        }
+    }
+    if folders.is_empty() {
+        bail!(
+            "{}: no model folders (one folder per model, each with model.json, config.json, weights and a vocabulary)",
+            repository.display()
+        );
+    }
+    folders.sort();
+    Ok(folders)
+}
+
+impl<B: Backend> ServedModel<B> {
+    /// Loads the model in `folder` for its task.
+    pub fn load(folder: &Path, device: &B::Device) -> Result<Self> {
+        let name = folder
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{}: not a usable model name", folder.display()))?
+            .to_string();
+        let settings_file = folder.join("model.json");
+        let settings: ModelSettings = serde_json::from_str(
+            &std::fs::read_to_string(&settings_file)
+                .with_context(|| format!("cannot read {}", settings_file.display()))?,
+        )
+        .with_context(|| format!("{}: not a valid model.json", settings_file.display()))?;
+        let source = ModelArgs {
+            model: Some(folder.to_path_buf()),
+            init_checkpoint: None,
+            config_file: None,
+            vocab_file: None,
+            do_lower_case: None,
+        }
+        .resolve()?;
+        let config = source.config.clone();
+        let heads = source
+            .checkpoint
+            .as_ref()
+            .map(|checkpoint| checkpoint.heads())
+            .unwrap_or_default();
+        let model = match settings.task {
+            Task::QuestionAnswering => {
+                let mut model = BertForQuestionAnswering::new(&config, device);
+                source.load_into(&mut model, true)?;
+                TaskModel::QuestionAnswering(Box::new(model))
+            }
+            Task::SequenceClassification => {
+                let Some(labels) = heads.classifier_labels else {
+                    bail!("{}: the weights have no classifier head", folder.display());
+                };
+                let mut model = BertForSequenceClassification::new(&config, labels, device);
+                source.load_into(&mut model, true)?;
+                TaskModel::SequenceClassification(Box::new(model), labels)
+            }
+            Task::Encoder => {
+                let mut model = BertWithHeads::new(&config, heads, device);
+                source.load_into(&mut model, false)?;
+                TaskModel::Encoder(Box::new(model))
+            }
+        };
+        let settings = ModelSettings {
+            max_seq_length: settings.max_seq_length.min(config.max_position_embeddings),
+            ..settings
+        };
+        Ok(Self {
+            name,
+            settings,
+            config,
+            tokenizer: source.tokenizer,
+            model,
+        })
+    }
+
+    /// The outputs' names and their dimensions after the batch (`-1`: the sequence length).
+    pub fn outputs(&self) -> Vec<(&'static str, Vec<i64>)> {
+        match &self.model {
+            TaskModel::QuestionAnswering(_) => {
+                vec![("start_logits", vec![-1]), ("end_logits", vec![-1])]
+            }
+            TaskModel::SequenceClassification(_, labels) => vec![("logits", vec![*labels as i64])],
+            TaskModel::Encoder(_) => vec![(
+                "last_hidden_state",
+                vec![-1, self.config.hidden_size as i64],
+            )],
+        }
+    }
+
+    /// Runs a batch (already validated) and returns every output for the whole batch.
+    pub fn infer(&self, batch: &TokenBatch, device: &B::Device) -> Result<Vec<HostOutput>> {
+        let input = batch.to_input::<B>(&self.config, device)?;
+        let host = |name: &'static str, shape: Vec<usize>, values: Vec<f32>| HostOutput {
+            name,
+            shape,
+            data: values,
+        };
+        Ok(match &self.model {
+            TaskModel::QuestionAnswering(model) => {
+                let (start, end) = model.forward(input);
+                let shape = start.dims().to_vec();
+                vec![
+                    host("start_logits", shape.clone(), values(start)?),
+                    host("end_logits", shape, values(end)?),
+                ]
+            }
+            TaskModel::SequenceClassification(model, _) => {
+                let logits = model.forward(input);
+                vec![host("logits", logits.dims().to_vec(), values(logits)?)]
+            }
+            TaskModel::Encoder(model) => {
+                let hidden = model.forward(input).last_hidden_state;
+                vec![host(
+                    "last_hidden_state",
+                    hidden.dims().to_vec(),
+                    values(hidden)?,
+                )]
+            }
+        })
+    }
+}
+
+fn values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| anyhow::anyhow!("cannot read the model's output: {e:?}"))
+}
