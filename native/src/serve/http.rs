@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::batcher::{submit, Metrics, Work, BATCH_SIZE_BUCKETS};
-use super::protocol::{encode_response, parse_infer, HEADER_LENGTH, INPUT_NAMES};
+use super::protocol::{encode_response, parse_infer, Inference, HEADER_LENGTH, INPUT_NAMES};
 use super::repository::Task;
 
 /// What the HTTP side knows of a model: its description and its worker's queue.
@@ -177,7 +177,11 @@ async fn infer(
         None => None,
     };
     let output_names: Vec<&str> = model.outputs.iter().map(|(name, _)| *name).collect();
-    let inference = match parse_infer(&body, header_length, &model.config, &output_names) {
+    let Inference {
+        id,
+        batch,
+        outputs: requested,
+    } = match parse_infer(&body, header_length, &model.config, &output_names) {
         Ok(inference) => inference,
         Err(bad) => {
             model.metrics.failure.fetch_add(1, Ordering::Relaxed);
@@ -186,7 +190,7 @@ async fn infer(
     };
     let (reply, answer) = oneshot::channel();
     let work = Work::Infer {
-        batch: inference.batch.clone(),
+        batch,
         queued: Instant::now(),
         reply,
     };
@@ -195,7 +199,7 @@ async fn infer(
     }
     match answer.await {
         Ok(Ok(outputs)) => {
-            let encoded = encode_response(&model.name, &inference, &outputs);
+            let encoded = encode_response(&model.name, id.as_deref(), &requested, &outputs);
             let mut response = encoded.body.into_response();
             let headers = response.headers_mut();
             match encoded.header_length {

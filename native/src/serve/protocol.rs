@@ -244,15 +244,16 @@ pub struct EncodedResponse {
     pub header_length: Option<usize>,
 }
 
-/// Encodes the outputs of one request as an infer response.
+/// Encodes the outputs of one request as an infer response: the `requested` outputs (name, as
+/// binary data), echoing the request's `id`.
 pub fn encode_response(
     model_name: &str,
-    inference: &Inference,
+    id: Option<&str>,
+    requested: &[(String, bool)],
     outputs: &[HostOutput],
 ) -> EncodedResponse {
     let mut binary = Vec::new();
-    let entries: Vec<Value> = inference
-        .outputs
+    let entries: Vec<Value> = requested
         .iter()
         .filter_map(|(name, as_binary)| {
             let output = outputs.iter().find(|o| o.name == name)?;
@@ -276,7 +277,7 @@ pub fn encode_response(
         "model_version": "1",
         "outputs": entries,
     });
-    if let Some(id) = &inference.id {
+    if let Some(id) = id {
         response["id"] = json!(id);
     }
     let mut body = serde_json::to_vec(&response).expect("JSON values serialise");
@@ -337,7 +338,7 @@ mod tests {
             shape: vec![2, 3],
             data: vec![0.5; 6],
         }];
-        let response = encode_response("qa", &binary, &outputs);
+        let response = encode_response("qa", binary.id.as_deref(), &binary.outputs, &outputs);
         let length = response.header_length.unwrap();
         assert_eq!(response.body.len(), length + 24);
         let head: Value = serde_json::from_slice(&response.body[..length]).unwrap();
