@@ -7,15 +7,13 @@ use anyhow::{bail, Context, Result};
 use bert_core::glue::{classification_loss, encode_batch, metrics, GlueExample, GlueTask};
 use bert_core::io::write_atomic;
 use bert_core::model::BertForSequenceClassification;
-use bert_core::optim::{LambConfig, LrSchedule};
-use bert_core::train::Trainer;
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::{fine_tune, inference_figures, ModelArgs, ModelSource, TrainArgs};
+use super::{fine_tune, inference_figures, ModelArgs, ModelSource, TaskDefaults, TrainArgs};
 use crate::backend::{self, BackendKind, Job};
 use crate::dllogger::DlLogger;
 
@@ -132,8 +130,6 @@ impl Job for GlueJob {
             if examples.iter().any(|e| e.label.is_none()) {
                 bail!("{}/train.tsv has unlabelled rows", args.data_dir.display());
             }
-            let epochs = args.train.num_train_epochs.unwrap_or(3.0);
-            let steps = super::total_steps(examples.len(), &args.train, epochs)?;
             <Autodiff<B> as Backend>::seed(&device, args.train.seed);
             let mut model = BertForSequenceClassification::<Autodiff<B>>::new(
                 config,
@@ -141,28 +137,18 @@ impl Job for GlueJob {
                 &device,
             );
             source.load_into(&mut model, false)?;
-            let schedule = LrSchedule::LinearWarmUp {
-                base_lr: args.train.learning_rate.unwrap_or(2.4e-5),
-                warmup: args.train.warmup_proportion,
-                total_steps: steps,
+            let defaults = TaskDefaults {
+                epochs: 3.0,
+                learning_rate: 2.4e-5,
+                parameters: json!({"task": format!("{task:?}"), "examples": examples.len()}),
             };
-            log.log(
-                json!("PARAMETER"),
-                json!({"task": format!("{task:?}"), "examples": examples.len(), "steps": steps}),
-            )?;
-            let mut trainer = Trainer::new(
+            let (model, _) = fine_tune(
                 model,
-                LambConfig::fine_tuning_adam(),
-                schedule,
-                args.train.seed,
-                device.clone(),
-            );
-            let summary = fine_tune(
-                &mut trainer,
                 &examples,
                 &args.train,
-                epochs,
+                defaults,
                 &mut log,
+                &device,
                 |model, micro| {
                     let labels: Vec<usize> = micro
                         .iter()
@@ -174,20 +160,8 @@ impl Job for GlueJob {
                         .expect("sequences fit the model: length and vocabulary were checked")
                 },
             )?;
-            log.log(
-                json!([]),
-                json!({
-                    "e2e_train_time": summary.seconds,
-                    "training_sequences_per_second": summary.sequences as f64 / summary.seconds.max(1e-9),
-                    "final_loss": summary.final_loss,
-                }),
-            )?;
-            source.save_model(
-                &trainer.model,
-                &args.output_dir,
-                "BertForSequenceClassification",
-            )?;
-            trainer.model.valid()
+            source.save_model(&model, &args.output_dir, "BertForSequenceClassification")?;
+            model.valid()
         } else {
             let mut model =
                 BertForSequenceClassification::<B>::new(config, task.num_labels(), &device);

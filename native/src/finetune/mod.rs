@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bert_core::checkpoint::Checkpoint;
 use bert_core::data::PrepRng;
+use bert_core::optim::{LambConfig, LrSchedule};
 use bert_core::pretrained::ModelFiles;
 use bert_core::tokenizer::BertTokenizer;
 use bert_core::train::Trainer;
@@ -220,16 +221,30 @@ pub struct TrainSummary {
     pub sequences: usize,
 }
 
-/// Trains `trainer` on `items` for the epochs (or steps) of `args`, shuffling each epoch;
-/// `loss(model, micro_batch)` gives the loss of a micro-batch.
+/// A task's defaults (the reference's) where the flags leave them out, and what it logs about
+/// its data before training.
+pub struct TaskDefaults {
+    /// Passes over the data without `--num-train-epochs`.
+    pub epochs: f64,
+    /// Peak learning rate without `--learning-rate`.
+    pub learning_rate: f64,
+    /// Extra fields of the `PARAMETER` log line (a JSON object).
+    pub parameters: serde_json::Value,
+}
+
+/// Fine-tunes `model` on `items` as the reference does: Adam without bias correction and linear
+/// warm-up/decay (the shared [`Trainer`]), for the epochs (or steps) of `args`, shuffling each
+/// epoch; `loss(model, micro_batch)` gives the loss of a micro-batch. Logs the parameters, the
+/// steps and the summary, and returns the trained model.
 pub fn fine_tune<AB, M, T>(
-    trainer: &mut Trainer<AB, M>,
+    model: M,
     items: &[T],
     args: &TrainArgs,
-    epochs: f64,
+    defaults: TaskDefaults,
     log: &mut DlLogger,
+    device: &AB::Device,
     loss: impl Fn(&M, &[&T]) -> Tensor<AB, 1>,
-) -> Result<TrainSummary>
+) -> Result<(M, TrainSummary)>
 where
     AB: AutodiffBackend,
     M: AutodiffModule<AB>,
@@ -237,7 +252,27 @@ where
     if items.is_empty() {
         bail!("no training examples");
     }
-    let steps = total_steps(items.len(), args, epochs)?;
+    let steps = total_steps(
+        items.len(),
+        args,
+        args.num_train_epochs.unwrap_or(defaults.epochs),
+    )?;
+    let schedule = LrSchedule::LinearWarmUp {
+        base_lr: args.learning_rate.unwrap_or(defaults.learning_rate),
+        warmup: args.warmup_proportion,
+        total_steps: steps,
+    };
+    let mut parameters = defaults.parameters;
+    parameters["steps"] = json!(steps);
+    parameters["schedule"] = json!(schedule);
+    log.log(json!("PARAMETER"), parameters)?;
+    let mut trainer = Trainer::new(
+        model,
+        LambConfig::fine_tuning_adam(),
+        schedule,
+        args.seed,
+        device.clone(),
+    );
     let micro = args.train_batch_size / args.gradient_accumulation_steps;
     let bar = ProgressBar::new(steps);
     bar.set_style(
@@ -280,12 +315,21 @@ where
         epoch += 1;
     }
     bar.finish_and_clear();
-    Ok(TrainSummary {
+    let summary = TrainSummary {
         steps: trainer.step_count(),
         final_loss,
         seconds: started.elapsed().as_secs_f64(),
         sequences,
-    })
+    };
+    log.log(
+        json!([]),
+        json!({
+            "e2e_train_time": summary.seconds,
+            "training_sequences_per_second": summary.sequences as f64 / summary.seconds.max(1e-9),
+            "final_loss": summary.final_loss,
+        }),
+    )?;
+    Ok((trainer.model, summary))
 }
 
 /// Optimizer steps of a run: `epochs` passes of `items` in batches, capped by `--max-steps`.

@@ -8,19 +8,17 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bert_core::io::write_atomic;
 use bert_core::model::BertForQuestionAnswering;
-use bert_core::optim::{LambConfig, LrSchedule};
 use bert_core::squad::{
     answers_by_question, convert_examples_to_features, evaluate, qa_loss, read_examples,
     window_logits, Answer, AnswerConfig, FeatureConfig, SquadDataset,
 };
-use bert_core::train::Trainer;
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{fine_tune, inference_figures, ModelArgs, ModelSource, TrainArgs};
+use super::{fine_tune, inference_figures, ModelArgs, ModelSource, TaskDefaults, TrainArgs};
 use crate::backend::{self, BackendKind, Job};
 use crate::dllogger::DlLogger;
 
@@ -215,55 +213,35 @@ impl Job for SquadJob {
             }
             let features =
                 convert_examples_to_features(&examples, &source.tokenizer, &features_config, true)?;
-            let epochs = args.train.num_train_epochs.unwrap_or(2.0);
-            let steps = super::total_steps(features.len(), &args.train, epochs)?;
             <Autodiff<B> as Backend>::seed(&device, args.train.seed);
             let mut model = BertForQuestionAnswering::<Autodiff<B>>::new(config, &device);
             source.load_into(&mut model, false)?;
-            let schedule = LrSchedule::LinearWarmUp {
-                base_lr: args.train.learning_rate.unwrap_or(3e-5),
-                warmup: args.train.warmup_proportion,
-                total_steps: steps,
+            let defaults = TaskDefaults {
+                epochs: 2.0,
+                learning_rate: 3e-5,
+                parameters: json!({"examples": examples.len(), "features": features.len()}),
             };
-            log.log(
-                json!("PARAMETER"),
-                json!({"examples": examples.len(), "features": features.len(), "steps": steps, "schedule": schedule}),
-            )?;
-            let mut trainer = Trainer::new(
+            let (model, summary) = fine_tune(
                 model,
-                LambConfig::fine_tuning_adam(),
-                schedule,
-                args.train.seed,
-                device.clone(),
-            );
-            let summary = fine_tune(
-                &mut trainer,
                 &features,
                 &args.train,
-                epochs,
+                defaults,
                 &mut log,
+                &device,
                 |model, micro| {
                     qa_loss(model, config, micro, args.max_seq_length, &device).expect(
                         "windows fit the model: sequence length and vocabulary were checked",
                     )
                 },
             )?;
-            log.log(
-                json!([]),
-                json!({
-                    "e2e_train_time": summary.seconds,
-                    "training_sequences_per_second": summary.sequences as f64 / summary.seconds.max(1e-9),
-                    "final_loss": summary.final_loss,
-                }),
-            )?;
-            source.save_model(&trainer.model, &output_dir, "BertForQuestionAnswering")?;
+            source.save_model(&model, &output_dir, "BertForQuestionAnswering")?;
             eprintln!(
                 "trained {} steps (loss {:.4}); model in {}",
                 summary.steps,
                 summary.final_loss,
                 output_dir.display()
             );
-            trainer.model.valid()
+            model.valid()
         } else {
             let mut model = BertForQuestionAnswering::<B>::new(config, &device);
             source.load_into(&mut model, true)?;
