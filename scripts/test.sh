@@ -3,7 +3,8 @@
 # needs with .ci/run). Fetches the reference checkpoint and NVIDIA's Triton client (for the serving
 # interoperability test), then: formatting, lints with every backend
 # compiled in (CUDA included: the CUDA path must keep compiling on machines without a GPU), all
-# tests on the CPU (ndarray) and wgpu (lavapipe) backends, and the wasm32 build of bert-core.
+# tests on the CPU (ndarray) and wgpu (lavapipe) backends, the wasm32 builds of bert-core and
+# bert-web, and the browser app end to end in headless Chromium (scripts/test-web.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,4 +19,6 @@ cargo clippy --workspace --all-targets --features bert-native/cuda,bert-native/w
 cargo check -p bert-native --features cuda
 cargo test --workspace
 cargo clippy -p bert-core --target wasm32-unknown-unknown --no-default-features --features ndarray,wgpu -- -D warnings
+cargo clippy -p bert-web --target wasm32-unknown-unknown -- -D warnings
+scripts/test-web.sh
 echo "all checks passed"

@@ -160,4 +160,26 @@ pub enum PretrainedError {
         #[source]
         source: TokenizerError,
     },
+    /// The weights lack the task head the caller needs.
+    #[error(
+        "{source_name}: the weights have no {head} head ({missing}): fine-tune the model first"
+    )]
+    NoTaskHead {
+        /// The weights.
+        source_name: String,
+        /// Which head.
+        head: &'static str,
+        /// The missing tensors.
+        missing: String,
+    },
+    /// The vocabulary does not belong to the model.
+    #[error("{path}: the vocabulary has {tokenizer} entries but the model only {model}: wrong vocabulary for this model")]
+    VocabularyTooLarge {
+        /// The vocabulary file.
+        path: String,
+        /// Its entries.
+        tokenizer: usize,
+        /// The model's vocabulary size.
+        model: usize,
+    },
 }

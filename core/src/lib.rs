@@ -39,6 +39,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod finetune;
 pub mod glue;
 pub mod io;
 pub mod model;

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::checkpoint::{Checkpoint, LoadReport};
 use crate::config::BertConfig;
 use crate::error::PretrainedError;
-use crate::model::BertWithHeads;
+use crate::model::{BertForQuestionAnswering, BertWithHeads};
 use crate::tokenizer::BertTokenizer;
 
 const CONFIG_NAMES: [&str; 2] = ["config.json", "bert_config.json"];
@@ -158,6 +158,84 @@ pub fn load_model<B: Backend>(
     })
 }
 
+/// A model folder's files already in memory: what a browser downloads or a visitor drops on the
+/// page. The names are only used in messages.
+#[derive(Debug, Clone)]
+pub struct ModelBytes {
+    /// `config.json` (Hugging Face) or `bert_config.json` (NVIDIA), with its name.
+    pub config: (String, Vec<u8>),
+    /// Safetensors weights (float32, float16 or bfloat16), with their name.
+    pub weights: (String, Vec<u8>),
+    /// `tokenizer.json` or `vocab.txt` (told apart by the name), with its name.
+    pub tokenizer: (String, Vec<u8>),
+}
+
+/// A question-answering model loaded from [`ModelBytes`].
+pub struct QuestionAnsweringModel<B: Backend> {
+    /// The configuration, fitted to the weights.
+    pub config: BertConfig,
+    /// The tokenizer.
+    pub tokenizer: BertTokenizer,
+    /// The model.
+    pub model: BertForQuestionAnswering<B>,
+    /// What was loaded, missing or left over.
+    pub report: LoadReport,
+}
+
+impl ModelBytes {
+    /// Loads a [`BertForQuestionAnswering`]: the encoder must be complete; the `qa_outputs` head
+    /// too when `need_head` (answering), else a missing head is freshly initialised
+    /// (fine-tuning starts from a pretrained encoder).
+    pub fn question_answering<B: Backend>(
+        &self,
+        need_head: bool,
+        device: &B::Device,
+    ) -> Result<QuestionAnsweringModel<B>, PretrainedError> {
+        let (config_name, config_bytes) = &self.config;
+        let config_error = |source| PretrainedError::Config {
+            path: config_name.clone(),
+            source,
+        };
+        let text = std::str::from_utf8(config_bytes)
+            .map_err(|e| config_error(crate::error::ConfigError::Invalid(e.to_string())))?;
+        let config = BertConfig::from_json(text).map_err(config_error)?;
+        let (tokenizer_name, tokenizer_bytes) = &self.tokenizer;
+        let tokenizer = if tokenizer_name.ends_with(".json") {
+            BertTokenizer::from_tokenizer_json(tokenizer_bytes)
+        } else {
+            let text = String::from_utf8_lossy(tokenizer_bytes);
+            BertTokenizer::from_vocab(&text, true)
+        }
+        .map_err(|source| tokenizer_error(Path::new(tokenizer_name), source))?;
+        let (weights_name, weights_bytes) = &self.weights;
+        let checkpoint = Checkpoint::from_bytes(weights_bytes.clone(), weights_name)?;
+        let config = checkpoint.fit_config(&config);
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(PretrainedError::VocabularyTooLarge {
+                path: tokenizer_name.clone(),
+                tokenizer: tokenizer.vocab_size(),
+                model: config.vocab_size,
+            });
+        }
+        let mut model = BertForQuestionAnswering::new(&config, device);
+        let report = checkpoint.load_into(&mut model)?;
+        report.require_encoder()?;
+        if need_head && !report.missing.is_empty() {
+            return Err(PretrainedError::NoTaskHead {
+                source_name: report.source.clone(),
+                head: "question-answering",
+                missing: report.missing.join(", "),
+            });
+        }
+        Ok(QuestionAnsweringModel {
+            config,
+            tokenizer,
+            model,
+            report,
+        })
+    }
+}
+
 fn read_to_string(path: &Path) -> Result<String, PretrainedError> {
     std::fs::read_to_string(path).map_err(|source| io_error(path, source))
 }
@@ -173,5 +251,132 @@ fn tokenizer_error(path: &Path, source: crate::error::TokenizerError) -> Pretrai
     PretrainedError::Tokenizer {
         path: path.display().to_string(),
         source,
+    }
+}
+
+#[cfg(all(test, feature = "ndarray"))]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{
+        model_tensors, model_tensors_async, serialize_safetensors, serialize_safetensors_f16,
+    };
+    use burn::backend::NdArray;
+
+    const VOCAB: &str = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\nriver\nflows\n";
+
+    fn config() -> BertConfig {
+        BertConfig {
+            vocab_size: 8,
+            hidden_size: 16,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            intermediate_size: 32,
+            max_position_embeddings: 16,
+            ..BertConfig::base()
+        }
+    }
+
+    fn files(weights: Vec<u8>) -> ModelBytes {
+        ModelBytes {
+            config: (
+                "config.json".into(),
+                config().to_hf_json("BertForQuestionAnswering").into_bytes(),
+            ),
+            weights: ("model.safetensors".into(), weights),
+            tokenizer: ("vocab.txt".into(), VOCAB.as_bytes().to_vec()),
+        }
+    }
+
+    fn saved_model() -> (BertForQuestionAnswering<NdArray>, Vec<u8>) {
+        let model = BertForQuestionAnswering::<NdArray>::new(&config(), &Default::default());
+        let bytes = crate::checkpoint::to_safetensors(&model).unwrap();
+        (model, bytes)
+    }
+
+    #[test]
+    fn loads_a_question_answering_model_from_bytes() {
+        let (model, bytes) = saved_model();
+        let loaded = files(bytes)
+            .question_answering::<NdArray>(true, &Default::default())
+            .unwrap();
+        assert!(loaded.report.missing.is_empty());
+        assert_eq!(loaded.tokenizer.vocab_size(), 8);
+        assert_eq!(
+            model_tensors(&loaded.model).unwrap(),
+            model_tensors(&model).unwrap()
+        );
+    }
+
+    #[test]
+    fn reading_parameters_asynchronously_gives_the_same_tensors() {
+        let (model, _) = saved_model();
+        let blocking = model_tensors(&model).unwrap();
+        let asynchronous = futures_lite::future::block_on(model_tensors_async(&model)).unwrap();
+        assert_eq!(asynchronous, blocking);
+    }
+
+    #[test]
+    fn float16_weights_load_close_to_float32() {
+        let (model, _) = saved_model();
+        let tensors = model_tensors(&model).unwrap();
+        let f16_file = serialize_safetensors_f16(&tensors, []).unwrap();
+        assert!(f16_file.len() < serialize_safetensors(&tensors, []).unwrap().len() * 6 / 10);
+        let loaded = files(f16_file)
+            .question_answering::<NdArray>(true, &Default::default())
+            .unwrap();
+        for ((name, _, want), (_, _, got)) in
+            tensors.iter().zip(model_tensors(&loaded.model).unwrap())
+        {
+            let floats = |b: &[u8]| -> Vec<f32> {
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            };
+            for (w, g) in floats(want).iter().zip(floats(&got)) {
+                assert!(
+                    (w - g).abs() <= 1e-3 * w.abs().max(1e-2),
+                    "{name}: {w} vs {g}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn says_which_file_is_wrong() {
+        let (_, bytes) = saved_model();
+        let mut broken = files(bytes.clone());
+        broken.config.1 = b"{\"hidden_size\": \"wide\"}".to_vec();
+        let error = broken
+            .question_answering::<NdArray>(true, &Default::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.starts_with("config.json: "), "{error}");
+
+        let (model, _) = saved_model();
+        let tensors: Vec<_> = model_tensors(&model)
+            .unwrap()
+            .into_iter()
+            .filter(|(name, _, _)| !name.starts_with("qa_outputs"))
+            .collect();
+        let without_head = files(serialize_safetensors(&tensors, []).unwrap());
+        let error = without_head
+            .question_answering::<NdArray>(true, &Default::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("no question-answering head"), "{error}");
+        assert!(without_head
+            .question_answering::<NdArray>(false, &Default::default())
+            .is_ok());
+
+        let mut truncated = files(bytes);
+        truncated.weights.1.truncate(100);
+        let error = truncated
+            .question_answering::<NdArray>(true, &Default::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("model.safetensors"), "{error}");
     }
 }

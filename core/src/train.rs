@@ -8,6 +8,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
+use futures_lite::future::block_on;
 
 use crate::optim::{Lamb, LambConfig, LrSchedule};
 
@@ -64,7 +65,19 @@ impl<AB: AutodiffBackend, M: AutodiffModule<AB>> Trainer<AB, M> {
     }
 
     /// One optimizer step over `micro_batches`; `loss` gives the terms whose sum is minimised.
+    ///
+    /// Blocks until the device reports the losses; in a browser on WebGPU use
+    /// [`Self::step_async`].
     pub fn step<T>(
+        &mut self,
+        micro_batches: &[T],
+        loss: impl Fn(&M, &T) -> Vec<Tensor<AB, 1>>,
+    ) -> TrainStep {
+        block_on(self.step_async(micro_batches, loss))
+    }
+
+    /// [`Self::step`], reading the losses and gradient norm back without blocking.
+    pub async fn step_async<T>(
         &mut self,
         micro_batches: &[T],
         loss: impl Fn(&M, &T) -> Vec<Tensor<AB, 1>>,
@@ -102,11 +115,15 @@ impl<AB: AutodiffBackend, M: AutodiffModule<AB>> Trainer<AB, M> {
         let lr = self.schedule.lr(next);
         let (model, global_grad_norm) = self.optimizer.step_module(lr, self.model.clone(), &grads);
         self.model = model;
+        let mut losses = Vec::with_capacity(sums.len());
+        for sum in sums {
+            losses.push(scalar_async(sum).await);
+        }
         TrainStep {
             step: next,
             lr,
-            losses: sums.into_iter().map(scalar).collect(),
-            global_grad_norm: scalar(global_grad_norm),
+            losses,
+            global_grad_norm: scalar_async(global_grad_norm).await,
         }
     }
 }
@@ -120,11 +137,18 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>
         .mean()
 }
 
-/// Reads a `[1]` tensor back to the host.
+/// Reads a `[1]` tensor back to the host (NaN when the device fails).
 pub fn scalar<B: Backend>(tensor: Tensor<B, 1>) -> f64 {
-    tensor
-        .into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .map_or(f64::NAN, |v| v[0])
+    block_on(scalar_async(tensor))
+}
+
+/// [`scalar`] without blocking.
+pub async fn scalar_async<B: Backend>(tensor: Tensor<B, 1>) -> f64 {
+    match tensor.into_data_async().await {
+        Ok(data) => data
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .map_or(f64::NAN, |v| v[0]),
+        Err(_) => f64::NAN,
+    }
 }

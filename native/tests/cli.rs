@@ -239,6 +239,45 @@ fn nvidia_checkpoint_encodes_and_converts_to_an_identical_hugging_face_folder() 
     );
     // The padded vocabulary (32 rows) is kept: logits have 32 columns.
     assert_eq!(direct["mlm_logits"].shape, [2, 9, 32]);
+
+    // --half: float16 weights, half the file, outputs within float16 rounding.
+    let half = tmp.path("half");
+    succeed(&[
+        "convert",
+        "--model",
+        s(&converted),
+        "--output",
+        s(&half),
+        "--half",
+    ]);
+    let size = |dir: &std::path::Path| {
+        std::fs::metadata(dir.join("model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    assert!(
+        size(&half) * 10 < size(&converted) * 6,
+        "{} vs {}",
+        size(&half),
+        size(&converted)
+    );
+    let via_half = tmp.path("via-half.safetensors");
+    succeed(&[
+        "encode",
+        "--model",
+        s(&half),
+        "--input",
+        s(&input),
+        "--output",
+        s(&via_half),
+    ]);
+    let via_half = read_safetensors(&via_half);
+    assert_close(
+        "last_hidden_state",
+        &via_half["last_hidden_state"].f32,
+        &direct["last_hidden_state"].f32,
+        2e-2,
+    );
 }
 
 #[test]

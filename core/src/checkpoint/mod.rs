@@ -8,17 +8,19 @@
 pub mod names;
 mod pytorch;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::io::Read;
 use std::path::Path;
+use std::pin::Pin;
 use std::rc::Rc;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Element};
+use burn::tensor::{DType, Element, Tensor, TensorData};
 use burn_store::{
-    ApplyError, BurnToPyTorchAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
-    SafetensorsStore, TensorSnapshot, TensorSnapshotError,
+    ApplyError, BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, ModuleStore,
+    PyTorchToBurnAdapter, SafetensorsStore, TensorSnapshot, TensorSnapshotError,
 };
 
 use crate::config::BertConfig;
@@ -356,10 +358,76 @@ pub type NamedTensorBytes = (String, Vec<usize>, Vec<u8>);
 /// A model's parameters as float32 tensors with Hugging Face names (Linear weights `[out, in]`,
 /// LayerNorm `weight`/`bias`). The tied decoder weight is not included, as Hugging Face does not
 /// store it either.
+///
+/// Blocks while the tensors are read from the device; in a browser on WebGPU use
+/// [`model_tensors_async`].
 pub fn model_tensors<B: Backend, M: Module<B>>(
     module: &M,
 ) -> Result<Vec<NamedTensorBytes>, CheckpointError> {
-    let snapshots = module.collect(None, Some(Box::new(BurnToPyTorchAdapter)), false);
+    named_tensor_bytes(module.collect(None, Some(Box::new(BurnToPyTorchAdapter)), false))
+}
+
+/// [`model_tensors`], reading every parameter back without blocking.
+pub async fn model_tensors_async<B: Backend, M: Module<B>>(
+    module: &M,
+) -> Result<Vec<NamedTensorBytes>, CheckpointError> {
+    let mut reads = ParameterReads {
+        pending: HashMap::new(),
+    };
+    module.visit(&mut reads);
+    let mut snapshots = Vec::new();
+    for snapshot in module.collect(None, None, false) {
+        let path = snapshot.full_path();
+        let tensor_error = |message: String| CheckpointError::Tensor {
+            source_name: "model".into(),
+            name: path.clone(),
+            message,
+        };
+        let (Some(id), Some(path_stack), Some(container_stack)) = (
+            snapshot.tensor_id,
+            snapshot.path_stack.clone(),
+            snapshot.container_stack.clone(),
+        ) else {
+            return Err(tensor_error("the parameter has no module path".into()));
+        };
+        let read = reads
+            .pending
+            .remove(&id)
+            .ok_or_else(|| tensor_error("not a float parameter".into()))?;
+        let data = read.await.map_err(tensor_error)?;
+        snapshots.push(BurnToPyTorchAdapter.adapt(&TensorSnapshot::from_data(
+            data,
+            path_stack,
+            container_stack,
+            id,
+        )));
+    }
+    named_tensor_bytes(snapshots)
+}
+
+/// A pending read of one parameter's values from the device.
+type ParameterRead = Pin<Box<dyn Future<Output = Result<TensorData, String>>>>;
+
+/// Starts reading every float parameter of a module, by parameter id.
+struct ParameterReads {
+    pending: HashMap<ParamId, ParameterRead>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParameterReads {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let value = param.val();
+        self.pending.insert(
+            param.id,
+            Box::pin(async move { value.into_data_async().await.map_err(|e| format!("{e:?}")) }),
+        );
+    }
+}
+
+/// Names (Hugging Face) and float32 bytes of snapshots taken in burn's layout by the PyTorch
+/// adapter.
+fn named_tensor_bytes(
+    snapshots: Vec<TensorSnapshot>,
+) -> Result<Vec<NamedTensorBytes>, CheckpointError> {
     let mut tensors = Vec::with_capacity(snapshots.len());
     for snapshot in snapshots {
         let path = snapshot.full_path();
@@ -385,10 +453,39 @@ pub fn serialize_safetensors(
     tensors: &[NamedTensorBytes],
     metadata: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Vec<u8>, CheckpointError> {
+    serialize_as(tensors, metadata, safetensors::Dtype::F32)
+}
+
+/// [`serialize_safetensors`] with every float32 tensor rounded to float16: half the bytes (a
+/// browser's download); every reader here converts them back to float32 on load.
+pub fn serialize_safetensors_f16(
+    tensors: &[NamedTensorBytes],
+    metadata: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<u8>, CheckpointError> {
+    let halves: Vec<NamedTensorBytes> = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let half_bytes = bytes
+                .chunks_exact(4)
+                .flat_map(|b| {
+                    half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes()
+                })
+                .collect();
+            (name.clone(), shape.clone(), half_bytes)
+        })
+        .collect();
+    serialize_as(&halves, metadata, safetensors::Dtype::F16)
+}
+
+fn serialize_as(
+    tensors: &[NamedTensorBytes],
+    metadata: impl IntoIterator<Item = (String, String)>,
+    dtype: safetensors::Dtype,
+) -> Result<Vec<u8>, CheckpointError> {
     let views = tensors
         .iter()
         .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+            safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes)
                 .map(|view| (name.clone(), view))
         })
         .collect::<Result<Vec<_>, _>>()
@@ -410,6 +507,13 @@ fn safetensors_error(source_name: &str, error: impl std::fmt::Display) -> Checkp
 /// `transformers` loads (see [`model_tensors`]).
 pub fn to_safetensors<B: Backend, M: Module<B>>(module: &M) -> Result<Vec<u8>, CheckpointError> {
     serialize_safetensors(&model_tensors(module)?, [])
+}
+
+/// [`to_safetensors`] without blocking.
+pub async fn to_safetensors_async<B: Backend, M: Module<B>>(
+    module: &M,
+) -> Result<Vec<u8>, CheckpointError> {
+    serialize_safetensors(&model_tensors_async(module).await?, [])
 }
 
 const ZIP_MAGIC: &[u8] = b"PK\x03\x04";

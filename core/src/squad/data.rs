@@ -59,6 +59,47 @@ impl SquadDataset {
         serde_json::from_str(text)
     }
 
+    /// Splits the paragraphs into a training part and a held-out part of about `fraction` of
+    /// them (every `round(1 / fraction)`-th paragraph, so both parts span the whole file; at
+    /// least one paragraph each when there are two). A paragraph's questions stay together, so
+    /// held-out contexts are never trained on.
+    pub fn split_held_out(&self, fraction: f64) -> (SquadDataset, SquadDataset) {
+        let paragraphs: usize = self.data.iter().map(|a| a.paragraphs.len()).sum();
+        let every = if fraction > 0.0 {
+            ((1.0 / fraction).round() as usize).clamp(2, paragraphs.max(2))
+        } else {
+            usize::MAX
+        };
+        let empty = |article: &SquadArticle| SquadArticle {
+            title: article.title.clone(),
+            paragraphs: Vec::new(),
+        };
+        let (mut train, mut held_out) = (Vec::new(), Vec::new());
+        let mut index = 0usize;
+        for article in &self.data {
+            let (mut kept, mut out) = (empty(article), empty(article));
+            for paragraph in &article.paragraphs {
+                let part = if index % every == every - 1 {
+                    &mut out
+                } else {
+                    &mut kept
+                };
+                part.paragraphs.push(paragraph.clone());
+                index += 1;
+            }
+            for (part, article) in [(&mut train, kept), (&mut held_out, out)] {
+                if !article.paragraphs.is_empty() {
+                    part.push(article);
+                }
+            }
+        }
+        let dataset = |data| SquadDataset {
+            version: self.version.clone(),
+            data,
+        };
+        (dataset(train), dataset(held_out))
+    }
+
     /// Number of questions.
     pub fn num_questions(&self) -> usize {
         self.data
@@ -157,4 +198,47 @@ pub fn read_examples(dataset: &SquadDataset, training: bool) -> (Vec<SquadExampl
         }
     }
     (examples, skipped)
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+
+    fn dataset(paragraphs: usize) -> SquadDataset {
+        SquadDataset {
+            version: "1.1".into(),
+            data: vec![SquadArticle {
+                title: "t".into(),
+                paragraphs: (0..paragraphs)
+                    .map(|p| SquadParagraph {
+                        context: format!("context {p}"),
+                        qas: (0..2)
+                            .map(|q| SquadQuestion {
+                                id: format!("{p}/{q}"),
+                                question: "q".into(),
+                                answers: Vec::new(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn held_out_paragraphs_keep_their_questions_and_are_never_trained_on() {
+        let (train, held_out) = dataset(10).split_held_out(0.2);
+        assert_eq!(held_out.num_questions(), 4);
+        assert_eq!(train.num_questions(), 16);
+        let contexts = |d: &SquadDataset| -> Vec<String> {
+            d.data
+                .iter()
+                .flat_map(|a| a.paragraphs.iter().map(|p| p.context.clone()))
+                .collect()
+        };
+        let held = contexts(&held_out);
+        assert!(contexts(&train).iter().all(|c| !held.contains(c)));
+        let (train, held_out) = dataset(2).split_held_out(0.2);
+        assert_eq!((train.num_questions(), held_out.num_questions()), (2, 2));
+    }
 }

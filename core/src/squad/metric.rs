@@ -9,6 +9,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use super::data::SquadDataset;
+use super::postprocess::Answer;
 
 /// Lower-case, drop ASCII punctuation, drop the articles a/an/the, collapse whitespace.
 pub fn normalize_answer(text: &str) -> String {
@@ -81,6 +82,18 @@ pub struct SquadScores {
     /// Per question, by id.
     #[serde(skip)]
     pub per_question: BTreeMap<String, QuestionScore>,
+}
+
+/// Scores the best of each question's n-best `answers` (by question id) on `dataset`.
+pub fn evaluate_answers(
+    dataset: &SquadDataset,
+    answers: &BTreeMap<String, Vec<Answer>>,
+) -> SquadScores {
+    let predictions = answers
+        .iter()
+        .map(|(id, nbest)| (id.clone(), nbest.first().map(|a| a.text.clone())))
+        .collect();
+    evaluate(dataset, &predictions)
 }
 
 /// Scores `predictions` (question id to answer text; `None` counts as missing) on `dataset`.

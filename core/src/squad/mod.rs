@@ -11,7 +11,10 @@ pub mod train;
 
 pub use data::{read_examples, SquadDataset, SquadExample};
 pub use features::{convert_examples_to_features, features_batch, FeatureConfig, SquadFeature};
-pub use metric::{evaluate, SquadScores};
+pub use metric::{evaluate, evaluate_answers, SquadScores};
 pub use postprocess::{best_answers, Answer, AnswerConfig, WindowLogits};
-pub use predict::{answers_by_question, window_logits, PredictError, QuestionAnswerer};
+pub use predict::{
+    answers_by_question, predict_dataset_async, window_logits, window_logits_async, PredictError,
+    QuestionAnswerer,
+};
 pub use train::qa_loss;

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use futures_lite::future::block_on;
 
 use super::data::{
     read_examples, SquadAnswer, SquadArticle, SquadDataset, SquadParagraph, SquadQuestion,
@@ -26,10 +28,34 @@ pub enum PredictError {
     /// A window does not fit the model (e.g. `max_seq_length` above its positions).
     #[error(transparent)]
     Input(#[from] InputError),
+    /// The device could not run the model or return its output.
+    #[error("the model's output could not be read from the device: {0}")]
+    Device(String),
 }
 
 /// Start and end logits of every feature, in order, computed in batches of `batch_size`.
+///
+/// Blocks until the device answers; in a browser on WebGPU use [`window_logits_async`].
 pub fn window_logits<B: Backend>(
+    model: &BertForQuestionAnswering<B>,
+    config: &BertConfig,
+    features: &[SquadFeature],
+    max_seq_length: usize,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Vec<WindowLogits>, PredictError> {
+    block_on(window_logits_async(
+        model,
+        config,
+        features,
+        max_seq_length,
+        batch_size,
+        device,
+    ))
+}
+
+/// [`window_logits`] reading the logits back without blocking (the only way on WebGPU).
+pub async fn window_logits_async<B: Backend>(
     model: &BertForQuestionAnswering<B>,
     config: &BertConfig,
     features: &[SquadFeature],
@@ -43,16 +69,8 @@ pub fn window_logits<B: Backend>(
         let input = features_batch(&refs, max_seq_length).to_input::<B>(config, device)?;
         let (start, end) = model.forward(input);
         let length = start.dims()[1];
-        let start: Vec<f32> = start
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
-        let end: Vec<f32> = end
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
+        let start = read_floats(start).await?;
+        let end = read_floats(end).await?;
         for row in 0..chunk.len() {
             logits.push(WindowLogits {
                 start: start[row * length..(row + 1) * length].to_vec(),
@@ -61,6 +79,18 @@ pub fn window_logits<B: Backend>(
         }
     }
     Ok(logits)
+}
+
+async fn read_floats<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+) -> Result<Vec<f32>, PredictError> {
+    let data = tensor
+        .into_data_async()
+        .await
+        .map_err(|e| PredictError::Device(format!("{e:?}")))?;
+    data.convert::<f32>()
+        .to_vec()
+        .map_err(|e| PredictError::Device(format!("{e:?}")))
 }
 
 /// The n-best answers of every example, by question id, from the features' logits.
@@ -88,6 +118,36 @@ pub fn answers_by_question(
     Ok(answers)
 }
 
+/// The n-best answers to every question of `dataset` (windows of `features`, `batch_size`
+/// windows per forward pass), by question id: `bert-native squad --do_predict` and the browser's
+/// evaluation.
+#[allow(clippy::too_many_arguments)]
+pub async fn predict_dataset_async<B: Backend>(
+    model: &BertForQuestionAnswering<B>,
+    config: &BertConfig,
+    tokenizer: &BertTokenizer,
+    dataset: &SquadDataset,
+    features: &FeatureConfig,
+    answers: &AnswerConfig,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<BTreeMap<String, Vec<Answer>>, PredictError> {
+    let (examples, _) = read_examples(dataset, false);
+    let windows = convert_examples_to_features(&examples, tokenizer, features, false)?;
+    let logits = window_logits_async(
+        model,
+        config,
+        &windows,
+        features.max_seq_length,
+        batch_size,
+        device,
+    )
+    .await?;
+    Ok(answers_by_question(
+        &examples, &windows, &logits, tokenizer, answers,
+    )?)
+}
+
 /// A question-answering model ready to answer: the model, its configuration and tokenizer, and the
 /// window and answer settings.
 pub struct QuestionAnswerer<'a, B: Backend> {
@@ -107,21 +167,29 @@ pub struct QuestionAnswerer<'a, B: Backend> {
 
 impl<B: Backend> QuestionAnswerer<'_, B> {
     /// Answers `question` from `context` (any length: windows as in SQuAD), best first.
+    ///
+    /// Blocks until the device answers; in a browser on WebGPU use [`Self::answer_async`].
     pub fn answer(&self, question: &str, context: &str) -> Result<Vec<Answer>, PredictError> {
-        let dataset = single_question(question, context);
-        let (examples, _) = read_examples(&dataset, false);
-        let windows =
-            convert_examples_to_features(&examples, self.tokenizer, &self.features, false)?;
-        let logits = window_logits(
+        block_on(self.answer_async(question, context))
+    }
+
+    /// [`Self::answer`] without blocking.
+    pub async fn answer_async(
+        &self,
+        question: &str,
+        context: &str,
+    ) -> Result<Vec<Answer>, PredictError> {
+        let mut by_question = predict_dataset_async(
             self.model,
             self.config,
-            &windows,
-            self.features.max_seq_length,
+            self.tokenizer,
+            &single_question(question, context),
+            &self.features,
+            &self.answers,
             8,
             self.device,
-        )?;
-        let mut by_question =
-            answers_by_question(&examples, &windows, &logits, self.tokenizer, &self.answers)?;
+        )
+        .await?;
         Ok(by_question.remove("question").unwrap_or_default())
     }
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use bert_core::checkpoint::to_safetensors;
+use bert_core::checkpoint::{model_tensors, serialize_safetensors_f16, to_safetensors};
 use bert_core::io::write_atomic;
 use bert_core::model::Heads;
 use bert_core::pretrained::{load_model, ModelFiles};
@@ -27,6 +27,10 @@ pub struct ConvertArgs {
     /// Output folder (created if absent).
     #[arg(long)]
     output: PathBuf,
+    /// Store the weights as float16: half the size (e.g. for the browser app to download); every
+    /// reader converts them back to float32.
+    #[arg(long)]
+    half: bool,
 }
 
 /// Runs `convert`.
@@ -38,6 +42,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         BackendKind::Ndarray,
         ConvertJob {
             files: files.clone(),
+            half: args.half,
         },
     )?;
 
@@ -75,6 +80,7 @@ fn copy_into(source: &Path, dir: &Path) -> Result<()> {
 
 struct ConvertJob {
     files: ModelFiles,
+    half: bool,
 }
 
 struct Converted {
@@ -106,7 +112,11 @@ impl Job for ConvertJob {
         print_load_report(&loaded.report);
         let architecture = architecture(loaded.model.heads());
         Ok(Converted {
-            safetensors: to_safetensors(&loaded.model)?,
+            safetensors: if self.half {
+                serialize_safetensors_f16(&model_tensors(&loaded.model)?, [])?
+            } else {
+                to_safetensors(&loaded.model)?
+            },
             config_json: loaded.config.to_hf_json(architecture),
             architecture,
         })

@@ -11,11 +11,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bert_core::checkpoint::Checkpoint;
-use bert_core::data::PrepRng;
-use bert_core::optim::{LambConfig, LrSchedule};
+use bert_core::finetune::FineTuning;
 use bert_core::pretrained::ModelFiles;
 use bert_core::tokenizer::BertTokenizer;
-use bert_core::train::Trainer;
 use bert_core::BertConfig;
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -233,7 +231,7 @@ pub struct TaskDefaults {
 }
 
 /// Fine-tunes `model` on `items` as the reference does: Adam without bias correction and linear
-/// warm-up/decay (the shared [`Trainer`]), for the epochs (or steps) of `args`, shuffling each
+/// warm-up/decay (the shared [`bert_core::train::Trainer`]), for the epochs (or steps) of `args`, shuffling each
 /// epoch; `loss(model, micro_batch)` gives the loss of a micro-batch. Logs the parameters, the
 /// steps and the summary, and returns the trained model.
 pub fn fine_tune<AB, M, T>(
@@ -249,31 +247,22 @@ where
     AB: AutodiffBackend,
     M: AutodiffModule<AB>,
 {
-    if items.is_empty() {
-        bail!("no training examples");
+    let plan = FineTuning {
+        train_batch_size: args.train_batch_size,
+        gradient_accumulation_steps: args.gradient_accumulation_steps,
+        learning_rate: args.learning_rate.unwrap_or(defaults.learning_rate),
+        epochs: args.num_train_epochs.unwrap_or(defaults.epochs),
+        warmup_proportion: args.warmup_proportion,
+        max_steps: args.max_steps,
+        seed: args.seed,
     }
-    let steps = total_steps(
-        items.len(),
-        args,
-        args.num_train_epochs.unwrap_or(defaults.epochs),
-    )?;
-    let schedule = LrSchedule::LinearWarmUp {
-        base_lr: args.learning_rate.unwrap_or(defaults.learning_rate),
-        warmup: args.warmup_proportion,
-        total_steps: steps,
-    };
+    .plan(items.len())?;
+    let steps = plan.steps();
     let mut parameters = defaults.parameters;
     parameters["steps"] = json!(steps);
-    parameters["schedule"] = json!(schedule);
+    parameters["schedule"] = json!(plan.schedule());
     log.log(json!("PARAMETER"), parameters)?;
-    let mut trainer = Trainer::new(
-        model,
-        LambConfig::fine_tuning_adam(),
-        schedule,
-        args.seed,
-        device.clone(),
-    );
-    let micro = args.train_batch_size / args.gradient_accumulation_steps;
+    let mut trainer = plan.trainer(model, device.clone());
     let bar = ProgressBar::new(steps);
     bar.set_style(
         ProgressStyle::with_template("fine-tune [{bar:30}] {pos}/{len} steps {msg} eta {eta}")
@@ -282,37 +271,28 @@ where
     );
     let started = Instant::now();
     let (mut final_loss, mut sequences) = (f64::NAN, 0);
-    let mut epoch = 0u64;
-    'epochs: loop {
-        let mut order: Vec<usize> = (0..items.len()).collect();
-        PrepRng::new(args.seed, epoch).shuffle(&mut order);
-        for batch in order.chunks(args.train_batch_size) {
-            if trainer.step_count() >= steps {
-                break 'epochs;
-            }
-            let micro_batches: Vec<Vec<&T>> = batch
-                .chunks(micro)
-                .map(|c| c.iter().map(|&i| &items[i]).collect())
-                .collect();
-            let report = trainer.step(&micro_batches, |model, micro| vec![loss(model, micro)]);
-            final_loss = report.losses[0];
-            sequences += batch.len();
-            if !final_loss.is_finite() {
-                bail!(
-                    "the loss became {final_loss} at step {}: lower --learning-rate",
-                    report.step
-                );
-            }
-            if report.step.is_multiple_of(args.log_freq.max(1)) || report.step == steps {
-                log.log(
-                    json!([epoch, report.step]),
-                    json!({"loss": final_loss, "lr": report.lr, "grad_norm": report.global_grad_norm}),
-                )?;
-            }
-            bar.set_position(report.step);
-            bar.set_message(format!("loss {final_loss:.4}"));
+    for (epoch, micro_batches) in plan.batches() {
+        let micro_batches: Vec<Vec<&T>> = micro_batches
+            .iter()
+            .map(|micro| micro.iter().map(|&i| &items[i]).collect())
+            .collect();
+        let report = trainer.step(&micro_batches, |model, micro| vec![loss(model, micro)]);
+        final_loss = report.losses[0];
+        sequences += micro_batches.iter().map(Vec::len).sum::<usize>();
+        if !final_loss.is_finite() {
+            bail!(
+                "the loss became {final_loss} at step {}: lower --learning-rate",
+                report.step
+            );
         }
-        epoch += 1;
+        if report.step.is_multiple_of(args.log_freq.max(1)) || report.step == steps {
+            log.log(
+                json!([epoch, report.step]),
+                json!({"loss": final_loss, "lr": report.lr, "grad_norm": report.global_grad_norm}),
+            )?;
+        }
+        bar.set_position(report.step);
+        bar.set_message(format!("loss {final_loss:.4}"));
     }
     bar.finish_and_clear();
     let summary = TrainSummary {
@@ -330,21 +310,6 @@ where
         }),
     )?;
     Ok((trainer.model, summary))
-}
-
-/// Optimizer steps of a run: `epochs` passes of `items` in batches, capped by `--max-steps`.
-pub fn total_steps(items: usize, args: &TrainArgs, epochs: f64) -> Result<u64> {
-    if args.train_batch_size == 0
-        || args.gradient_accumulation_steps == 0
-        || !args
-            .train_batch_size
-            .is_multiple_of(args.gradient_accumulation_steps)
-    {
-        bail!("--train-batch-size must be a positive multiple of --gradient-accumulation-steps");
-    }
-    let per_epoch = items.div_ceil(args.train_batch_size) as f64;
-    let steps = (per_epoch * epochs).ceil().max(1.0) as u64;
-    Ok(args.max_steps.map_or(steps, |m| m.min(steps).max(1)))
 }
 
 /// Latency percentiles (ms) and throughput of timed inference batches, as the reference logs them.

@@ -9,8 +9,8 @@ use anyhow::{bail, Context, Result};
 use bert_core::io::write_atomic;
 use bert_core::model::BertForQuestionAnswering;
 use bert_core::squad::{
-    answers_by_question, convert_examples_to_features, evaluate, qa_loss, read_examples,
-    window_logits, Answer, AnswerConfig, FeatureConfig, SquadDataset,
+    answers_by_question, convert_examples_to_features, evaluate, evaluate_answers, qa_loss,
+    read_examples, window_logits, Answer, AnswerConfig, FeatureConfig, SquadDataset,
 };
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
@@ -291,11 +291,7 @@ impl Job for SquadJob {
                 inference_figures(&mut batch_times, features.len(), seconds),
             )?;
             if args.do_eval {
-                let predictions: HashMap<String, Option<String>> = answers
-                    .iter()
-                    .map(|(id, nbest)| (id.clone(), nbest.first().map(|a| a.text.clone())))
-                    .collect();
-                let scores = evaluate(&dataset, &predictions);
+                let scores = evaluate_answers(&dataset, &answers);
                 log.log(
                     json!([]),
                     json!({"exact_match": scores.exact_match, "F1": scores.f1}),
