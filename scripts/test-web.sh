@@ -32,7 +32,8 @@ python3 -m http.server "$port" --bind 127.0.0.1 --directory web/dist > "$work/ht
 server=$!
 for _ in $(seq 50); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
 
-node web/tests/e2e.mjs "http://127.0.0.1:$port/" "$work/expected.json" "$work/trained"
+node web/tests/e2e.mjs "http://127.0.0.1:$port/" "$work/expected.json" "$work/trained" \
+  web/assets/model tests/fixtures/squad/dev-mini-v1.1.json
 
 # The weights the page offers for download are a model folder's weights for bert-native.
 cp web/assets/model/config.json web/assets/model/vocab.txt "$work/trained/"

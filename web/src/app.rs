@@ -534,6 +534,18 @@ fn TrainTab(
         }
     };
 
+    // Stopping ends the worker (a step cannot be interrupted); the next run starts a new one.
+    let stop = move |_| {
+        let mut session = session.borrow_mut();
+        if let Some(worker) = session.worker.take() {
+            worker.terminate();
+        }
+        session.worker_ready = false;
+        session.pending_request = None;
+        set_state.set("stopped");
+        set_status.set("Stopped. The loaded model is unchanged.".into());
+    };
+
     let use_trained = move |_| {
         if let Some(files) = trained.borrow().clone() {
             install(files, "fine-tuning".into());
@@ -563,6 +575,7 @@ fn TrainTab(
                 {number("batch", "Batch", batch, set_batch)}
                 {number("max-steps", "Max steps (optional)", max_steps, set_max_steps)}
                 <button id="train" on:click=start disabled=move || state.get() == "running">"Train"</button>
+                <button id="stop" on:click=stop disabled=move || state.get() != "running">"Stop"</button>
             </div>
             <p id="train-status" data-state=state>{status}</p>
             <p id="worker-backend">{move || (!trained_on.get().is_empty()).then(|| format!("Worker backend: {}", trained_on.get()))}</p>

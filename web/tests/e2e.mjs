@@ -3,14 +3,15 @@
 // fine-tune a few steps in the worker and check the loss falls, then save the fine-tuned
 // weights for the caller to load with bert-native.
 //
-//   node e2e.mjs URL EXPECTED_JSON OUT_DIR
-// EXPECTED_JSON: {"question", "context", "answer": bert-native qa's output}. Prints what it saw and
+//   node e2e.mjs URL EXPECTED_JSON OUT_DIR MODEL_DIR SQUAD_JSON
+// MODEL_DIR: the served model's folder (dropped on the page as files); SQUAD_JSON: a SQuAD v1.1
+// file to upload for training. EXPECTED_JSON: {"question", "context", "answer": bert-native qa's output}. Prints what it saw and
 // exits non-zero on any mismatch.
 import { chromium } from "playwright-core";
 import fs from "node:fs";
 import path from "node:path";
 
-const [url, expectedPath, outDir] = process.argv.slice(2);
+const [url, expectedPath, outDir, modelDir, squadPath] = process.argv.slice(2);
 const expected = JSON.parse(fs.readFileSync(expectedPath, "utf8"));
 const MINUTE = 60_000;
 
@@ -79,6 +80,19 @@ console.log(webgpu ? `WebGPU ran: ${automatic.seen.backend}` : "no WebGPU adapte
 await automatic.page.close();
 const { page, seen: cpu } = await answerOn("?backend=cpu");
 check(cpu.backend === "CPU (wasm)", "?backend=cpu runs on the CPU (wasm)");
+
+// The same model given as files (what dropping them on the page does).
+await page.setInputFiles("#model-files", ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"].map((f) => path.join(modelDir, f)));
+await page.waitForFunction(() => {
+  const status = document.querySelector("#model-status");
+  return status.dataset.state !== "loading" && status.textContent.includes("from the dropped files");
+}, null, { timeout: 5 * MINUTE });
+check((await page.getAttribute("#model-status", "data-state")) === "ready", `files loaded: ${await page.textContent("#model-status")}`);
+// Wrong files get a clear message naming what is missing.
+await page.setInputFiles("#model-files", [path.join(modelDir, "config.json")]);
+await page.waitForSelector('#model-status[data-state="error"]', { timeout: MINUTE });
+const refusal = await page.textContent("#model-status");
+check(refusal.includes("weights (*.safetensors)"), `an incomplete folder is refused: ${refusal}`);
 check(automatic.seen.weight_downloads === 1 && cpu.weight_downloads === 0, "the second visit reads the weights from the browser cache, not the server");
 
 // Fine-tuning in the worker, on the CPU path (a software WebGPU adapter trains at minutes per
@@ -114,5 +128,21 @@ const bytes = await page.evaluate(async () => {
 fs.mkdirSync(outDir, { recursive: true });
 fs.writeFileSync(path.join(outDir, "model.safetensors"), Buffer.from(bytes, "base64"));
 fs.writeFileSync(path.join(outDir, "result.json"), JSON.stringify({ automatic: automatic.seen, cpu, losses, scores, trainStatus, workerBackend }, null, 2));
+// An uploaded SQuAD file trains too (a second request to the same worker), and Stop ends a run.
+await page.setInputFiles("#squad-file", squadPath);
+await page.waitForSelector(".train span", { timeout: MINUTE });
+await page.fill("#max-steps", "2");
+await page.click("#train");
+await page.waitForSelector('#train-status:is([data-state="done"], [data-state="error"])', { timeout: 20 * MINUTE });
+const uploadStatus = await page.textContent("#train-status");
+check((await page.getAttribute("#train-status", "data-state")) === "done", `training on the uploaded file finished: ${uploadStatus}`);
+const uploadLosses = JSON.parse(await page.getAttribute("#losses", "data-losses"));
+check(uploadLosses.length === 2, `two steps on the uploaded file (${uploadLosses.length})`);
+await page.click("#train");
+await page.waitForSelector('#train-status[data-state="running"]', { timeout: MINUTE });
+await page.click("#stop");
+await page.waitForSelector('#train-status[data-state="stopped"]', { timeout: MINUTE });
+check(true, "Stop ends a running training");
+
 check(external.length === 0, `no request left the machine (${external.length})`);
 await browser.close();
