@@ -2,10 +2,10 @@
 //! `tokenize`, `info`, `convert`, and clear errors (exit status 1, the file named, no panic) on
 //! bad input.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use bert_tests::{assert_close, case_batch, fixture, minilm_dir, read_safetensors};
+use bert_tests::{arg, assert_close, case_batch, fixture, minilm_dir, read_safetensors, TempDir};
 
 fn bert_native(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bert-native"))
@@ -40,32 +40,6 @@ fn fail(args: &[&str]) -> String {
     stderr
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("bert-native-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 /// Writes the input of a golden case as the JSON `encode` reads.
 fn write_case_json(case: &str, path: &Path) {
     let golden = read_safetensors(&fixture(&format!("forward/cases/{case}.safetensors")));
@@ -83,13 +57,13 @@ fn encode_reproduces_the_reference_on_a_padded_batch() {
     succeed(&[
         "encode",
         "--model",
-        s(&model),
+        arg(&model),
         "--extra-weights",
-        s(&heads),
+        arg(&heads),
         "--input",
-        s(&input),
+        arg(&input),
         "--output",
-        s(&output),
+        arg(&output),
     ]);
 
     let got = read_safetensors(&output);
@@ -153,11 +127,11 @@ fn encode_tokenizes_text_with_the_folders_vocabulary() {
     succeed(&[
         "encode",
         "--model",
-        s(&minilm_dir()),
+        arg(&minilm_dir()),
         "--text",
         "The quick brown fox jumps over the lazy dog.",
         "--output",
-        s(&output),
+        arg(&output),
     ]);
     let got = read_safetensors(&output);
     let golden = read_safetensors(&fixture("forward/cases/single_sentence.safetensors"));
@@ -187,33 +161,33 @@ fn nvidia_checkpoint_encodes_and_converts_to_an_identical_hugging_face_folder() 
     succeed(&[
         "encode",
         "--model",
-        s(&dir),
+        arg(&dir),
         "--checkpoint",
-        s(&dir.join("nvidia_ckpt.pt")),
+        arg(&dir.join("nvidia_ckpt.pt")),
         "--input",
-        s(&input),
+        arg(&input),
         "--output",
-        s(&direct),
+        arg(&direct),
     ]);
     let converted = tmp.path("converted");
     succeed(&[
         "convert",
         "--model",
-        s(&dir),
+        arg(&dir),
         "--checkpoint",
-        s(&dir.join("nvidia_ckpt.pt")),
+        arg(&dir.join("nvidia_ckpt.pt")),
         "--output",
-        s(&converted),
+        arg(&converted),
     ]);
     let via_conversion = tmp.path("via.safetensors");
     succeed(&[
         "encode",
         "--model",
-        s(&converted),
+        arg(&converted),
         "--input",
-        s(&input),
+        arg(&input),
         "--output",
-        s(&via_conversion),
+        arg(&via_conversion),
     ]);
 
     let direct = read_safetensors(&direct);
@@ -245,9 +219,9 @@ fn nvidia_checkpoint_encodes_and_converts_to_an_identical_hugging_face_folder() 
     succeed(&[
         "convert",
         "--model",
-        s(&converted),
+        arg(&converted),
         "--output",
-        s(&half),
+        arg(&half),
         "--half",
     ]);
     let size = |dir: &std::path::Path| {
@@ -265,11 +239,11 @@ fn nvidia_checkpoint_encodes_and_converts_to_an_identical_hugging_face_folder() 
     succeed(&[
         "encode",
         "--model",
-        s(&half),
+        arg(&half),
         "--input",
-        s(&input),
+        arg(&input),
         "--output",
-        s(&via_half),
+        arg(&via_half),
     ]);
     let via_half = read_safetensors(&via_half);
     assert_close(
@@ -285,7 +259,7 @@ fn tokenize_prints_ids_types_and_offsets() {
     let output = succeed(&[
         "tokenize",
         "--vocab",
-        s(&minilm_dir().join("vocab.txt")),
+        arg(&minilm_dir().join("vocab.txt")),
         "--lower-case",
         "--text",
         "Who wrote Moby-Dick?",
@@ -313,7 +287,7 @@ fn tokenize_prints_ids_types_and_offsets() {
     let from_json = succeed(&[
         "tokenize",
         "--tokenizer",
-        s(&minilm_dir().join("tokenizer.json")),
+        arg(&minilm_dir().join("tokenizer.json")),
         "--text",
         "Who wrote Moby-Dick?",
         "--text-pair",
@@ -327,7 +301,7 @@ fn tokenize_warns_when_casing_contradicts_the_vocabulary() {
     let output = succeed(&[
         "tokenize",
         "--vocab",
-        s(&minilm_dir().join("vocab.txt")),
+        arg(&minilm_dir().join("vocab.txt")),
         "--text",
         "Paris",
     ]);
@@ -340,7 +314,7 @@ fn tokenize_warns_when_casing_contradicts_the_vocabulary() {
 
 #[test]
 fn info_describes_the_model() {
-    let output = succeed(&["info", "--model", s(&fixture("checkpoints"))]);
+    let output = succeed(&["info", "--model", arg(&fixture("checkpoints"))]);
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["config"]["hidden_size"], 16);
     assert_eq!(json["backend"], "ndarray");
@@ -373,11 +347,11 @@ fn bad_input_is_a_clear_error() {
         let stderr = fail(&[
             "encode",
             "--model",
-            s(&model),
+            arg(&model),
             "--input",
-            s(&input),
+            arg(&input),
             "--output",
-            s(&out),
+            arg(&out),
         ]);
         assert!(stderr.contains(name), "{name}: {stderr}");
         stderr
@@ -409,7 +383,7 @@ fn bad_input_is_a_clear_error() {
         "--text",
         "hi",
         "--output",
-        s(&out),
+        arg(&out),
     ]);
     assert!(stderr.contains("/no/such/model"), "{stderr}");
 
@@ -418,20 +392,20 @@ fn bad_input_is_a_clear_error() {
     let stderr = fail(&[
         "encode",
         "--model",
-        s(&model),
+        arg(&model),
         "--checkpoint",
-        s(&junk),
+        arg(&junk),
         "--text",
         "hi",
         "--output",
-        s(&out),
+        arg(&out),
     ]);
     assert!(stderr.contains("junk.pt"), "{stderr}");
 
     let stderr = fail(&[
         "encode",
         "--model",
-        s(&model),
+        arg(&model),
         "--text",
         "hi",
         "--output",
@@ -445,7 +419,7 @@ fn a_backend_that_was_not_built_in_is_named() {
     let stderr = fail(&[
         "info",
         "--model",
-        s(&fixture("checkpoints")),
+        arg(&fixture("checkpoints")),
         "--backend",
         "cuda",
     ]);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use bert_core::data::synthetic::{split_held_out, squad_dataset, Encyclopedia};
-use bert_tests::minilm_dir;
+use bert_tests::{arg, minilm_dir, TempDir};
 use serde_json::Value;
 
 fn bert_native(args: &[&str]) -> Output {
@@ -36,30 +36,6 @@ fn fail(args: &[&str]) -> String {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
     stderr
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "bert-native-finetune-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 fn last_json_line(output: &Output) -> Value {
@@ -92,16 +68,16 @@ fn squad_fine_tuning_of_minilm_learns_to_answer() {
     let output = succeed(&[
         "squad",
         "--model",
-        s(&minilm_dir()),
+        arg(&minilm_dir()),
         "--train-file",
-        s(&train),
+        arg(&train),
         "--predict-file",
-        s(&dev),
+        arg(&dev),
         "--do-train",
         "--do-predict",
         "--do-eval",
         "--output-dir",
-        s(&out),
+        arg(&out),
         "--max-seq-length",
         "128",
         "--doc-stride",
@@ -139,9 +115,9 @@ fn squad_fine_tuning_of_minilm_learns_to_answer() {
         "squad",
         "evaluate",
         "--data-file",
-        s(&dev),
+        arg(&dev),
         "--predictions",
-        s(&out.join("predictions.json")),
+        arg(&out.join("predictions.json")),
     ]);
     assert_eq!(last_json_line(&evaluated), scores);
     let log = std::fs::read_to_string(out.join("dllogger.json")).unwrap();
@@ -168,7 +144,7 @@ fn squad_fine_tuning_of_minilm_learns_to_answer() {
     let qa = succeed(&[
         "qa",
         "--model",
-        s(&out),
+        arg(&out),
         "--question",
         question["question"].as_str().unwrap(),
         "--context",
@@ -202,12 +178,12 @@ fn squad_fine_tuning_of_minilm_learns_to_answer() {
     succeed(&[
         "squad",
         "--model",
-        s(&out),
+        arg(&out),
         "--predict-file",
-        s(&long_file),
+        arg(&long_file),
         "--do-predict",
         "--output-dir",
-        s(&long_out),
+        arg(&long_out),
         "--max-seq-length",
         "128",
         "--doc-stride",
@@ -229,9 +205,9 @@ fn squad_and_qa_refuse_bad_input_clearly() {
         "squad",
         "evaluate",
         "--data-file",
-        s(&junk),
+        arg(&junk),
         "--predictions",
-        s(&junk),
+        arg(&junk),
     ]);
     assert!(
         stderr.contains("junk.json") && stderr.contains("SQuAD"),
@@ -240,10 +216,10 @@ fn squad_and_qa_refuse_bad_input_clearly() {
     let stderr = fail(&[
         "squad",
         "--model",
-        s(&model),
+        arg(&model),
         "--do-predict",
         "--output-dir",
-        s(&tmp.0),
+        arg(&tmp.0),
     ]);
     assert!(stderr.contains("--predict-file"), "{stderr}");
     let (_, dev) = synthetic_squad(&tmp.0, 10);
@@ -251,12 +227,12 @@ fn squad_and_qa_refuse_bad_input_clearly() {
     let stderr = fail(&[
         "squad",
         "--model",
-        s(&model),
+        arg(&model),
         "--predict-file",
-        s(&dev),
+        arg(&dev),
         "--do-predict",
         "--output-dir",
-        s(&tmp.0),
+        arg(&tmp.0),
     ]);
     assert!(
         stderr.contains("qa_outputs") && stderr.contains("--do-train"),
@@ -265,7 +241,7 @@ fn squad_and_qa_refuse_bad_input_clearly() {
     let stderr = fail(&[
         "qa",
         "--model",
-        s(&model),
+        arg(&model),
         "--question",
         "Who?",
         "--context",
@@ -275,12 +251,12 @@ fn squad_and_qa_refuse_bad_input_clearly() {
     let stderr = fail(&[
         "squad",
         "--model",
-        s(&model),
+        arg(&model),
         "--predict-file",
-        s(&dev),
+        arg(&dev),
         "--do-predict",
         "--output-dir",
-        s(&tmp.0),
+        arg(&tmp.0),
         "--max-seq-length",
         "1024",
     ]);
@@ -335,14 +311,14 @@ fn glue_sst2_fine_tuning_beats_chance_and_mrpc_runs() {
         "--task-name",
         "sst-2",
         "--model",
-        s(&minilm_dir()),
+        arg(&minilm_dir()),
         "--data-dir",
-        s(&sst),
+        arg(&sst),
         "--do-train",
         "--do-eval",
         "--do-predict",
         "--output-dir",
-        s(&out),
+        arg(&out),
         "--max-seq-length",
         "32",
         "--train-batch-size",
@@ -367,13 +343,13 @@ fn glue_sst2_fine_tuning_beats_chance_and_mrpc_runs() {
         "--task-name",
         "mrpc",
         "--model",
-        s(&minilm_dir()),
+        arg(&minilm_dir()),
         "--data-dir",
-        s(&mrpc),
+        arg(&mrpc),
         "--do-train",
         "--do-eval",
         "--output-dir",
-        s(&tmp.0.join("mrpc-out")),
+        arg(&tmp.0.join("mrpc-out")),
         "--max-seq-length",
         "32",
         "--train-batch-size",
@@ -393,12 +369,12 @@ fn glue_sst2_fine_tuning_beats_chance_and_mrpc_runs() {
         "--task-name",
         "sst-2",
         "--model",
-        s(&out),
+        arg(&out),
         "--data-dir",
-        s(&tmp.0.join("none")),
+        arg(&tmp.0.join("none")),
         "--do-eval",
         "--output-dir",
-        s(&tmp.0.join("again")),
+        arg(&tmp.0.join("again")),
     ]);
     assert!(stderr.contains("dev.tsv"), "{stderr}");
     let stderr = fail(&[
@@ -406,12 +382,12 @@ fn glue_sst2_fine_tuning_beats_chance_and_mrpc_runs() {
         "--task-name",
         "sst-2",
         "--model",
-        s(&minilm_dir()),
+        arg(&minilm_dir()),
         "--data-dir",
-        s(&sst),
+        arg(&sst),
         "--do-eval",
         "--output-dir",
-        s(&tmp.0.join("again")),
+        arg(&tmp.0.join("again")),
     ]);
     assert!(stderr.contains("classification"), "{stderr}");
 }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use bert_tests::{fixture, minilm_dir};
+use bert_tests::{arg, fixture, minilm_dir, TempDir};
 
 fn bert_native(args: &[&str], threads: usize) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bert-native"))
@@ -38,28 +38,6 @@ fn fail(args: &[&str]) -> String {
     stderr
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("bert-native-prep-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 const HDF5_DIR: &str =
     "hdf5_lower_case_1_seq_len_128_max_pred_20_masked_lm_prob_0.15_random_seed_12345_dupe_factor_5";
 
@@ -77,11 +55,11 @@ fn prep_all(
             "prep",
             "all",
             "--input",
-            s(input),
+            arg(input),
             "--output-dir",
-            s(out),
+            arg(out),
             "--vocab-file",
-            s(&vocab),
+            arg(&vocab),
             "--lower-case",
             "--max-seq-length",
             "128",
@@ -149,7 +127,11 @@ fn licenses_become_valid_identical_shards_whatever_the_thread_count() {
         );
     }
     let validation = succeed(
-        &["prep", "validate", s(&one.join(HDF5_DIR).join("licenses"))],
+        &[
+            "prep",
+            "validate",
+            arg(&one.join(HDF5_DIR).join("licenses")),
+        ],
         2,
     );
     let lines = String::from_utf8(validation.stdout).unwrap();
@@ -276,9 +258,9 @@ fn wikipedia_dumps_plain_and_bzip2_give_the_article_text() {
                 "prep",
                 "format",
                 "--input",
-                s(&fixture(&format!("corpus/wiki/{dump}"))),
+                arg(&fixture(&format!("corpus/wiki/{dump}"))),
                 "--output-dir",
-                s(&out),
+                arg(&out),
             ],
             2,
         );
@@ -305,7 +287,7 @@ fn wikipedia_dumps_plain_and_bzip2_give_the_article_text() {
                 "prep",
                 "segment",
                 "--output-dir",
-                s(&out),
+                arg(&out),
                 "--corpus-name",
                 "enwiki-mini",
             ],
@@ -330,9 +312,9 @@ fn bad_input_never_yields_a_silently_empty_corpus() {
         "prep",
         "format",
         "--input",
-        s(&truncated),
+        arg(&truncated),
         "--output-dir",
-        s(&out),
+        arg(&out),
     ]);
     assert!(stderr.contains("enwiki-cut.xml.bz2"), "{stderr}");
 
@@ -343,9 +325,9 @@ fn bad_input_never_yields_a_silently_empty_corpus() {
         "prep",
         "format",
         "--input",
-        s(&truncated_xml),
+        arg(&truncated_xml),
         "--output-dir",
-        s(&out),
+        arg(&out),
     ]);
     assert!(stderr.contains("truncated"), "{stderr}");
 
@@ -356,9 +338,9 @@ fn bad_input_never_yields_a_silently_empty_corpus() {
         "prep",
         "format",
         "--input",
-        s(&empty),
+        arg(&empty),
         "--output-dir",
-        s(&out),
+        arg(&out),
     ]);
     assert!(stderr.contains("no documents"), "{stderr}");
     assert!(
@@ -372,7 +354,7 @@ fn bad_input_never_yields_a_silently_empty_corpus() {
         "--input",
         "/no/such/corpus",
         "--output-dir",
-        s(&out),
+        arg(&out),
     ]);
     assert!(stderr.contains("/no/such/corpus"), "{stderr}");
 
@@ -381,11 +363,11 @@ fn bad_input_never_yields_a_silently_empty_corpus() {
         "prep",
         "all",
         "--input",
-        s(&fixture("corpus/licenses")),
+        arg(&fixture("corpus/licenses")),
         "--output-dir",
-        s(&tmp.0.join("few")),
+        arg(&tmp.0.join("few")),
         "--vocab-file",
-        s(&minilm_dir().join("vocab.txt")),
+        arg(&minilm_dir().join("vocab.txt")),
         "--lower-case",
         "--n-training-shards",
         "64",
@@ -398,9 +380,9 @@ fn bad_input_never_yields_a_silently_empty_corpus() {
         "prep",
         "all",
         "--input",
-        s(&fixture("corpus/licenses")),
+        arg(&fixture("corpus/licenses")),
         "--output-dir",
-        s(&tmp.0.join("novocab")),
+        arg(&tmp.0.join("novocab")),
         "--vocab-file",
         "/no/such/vocab.txt",
     ]);
@@ -413,7 +395,7 @@ fn bad_input_never_yields_a_silently_empty_corpus() {
     let stderr = fail(&[
         "prep",
         "validate",
-        s(&fixture("hdf5/bad/next_sentence_label_2.hdf5")),
+        arg(&fixture("hdf5/bad/next_sentence_label_2.hdf5")),
     ]);
     assert!(stderr.contains("1 of 1 shards are invalid"), "{stderr}");
 }

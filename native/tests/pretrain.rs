@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use bert_core::checkpoint::names::module_path_to_hf;
-use bert_tests::{fixture, read_safetensors};
+use bert_tests::{arg, fixture, read_safetensors, TempDir};
 use serde_json::Value;
 
 fn bert_native(args: &[&str]) -> Command {
@@ -26,43 +26,19 @@ fn succeed(args: &[&str]) -> Output {
     output
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "bert-native-pretrain-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 /// The parity run of the manifest: micro-batch 8, accumulation 2, 4 steps, base lr 1e-3, warm-up 0.5.
 fn parity_args(out: &Path) -> Vec<String> {
     let golden = fixture("pretrain");
     [
         "pretrain",
         "--config-file",
-        s(&golden.join("config.json")),
+        arg(&golden.join("config.json")),
         "--init-checkpoint",
-        s(&golden.join("init.safetensors")),
+        arg(&golden.join("init.safetensors")),
         "--input-dir",
-        s(&golden.join("data")),
+        arg(&golden.join("data")),
         "--output-dir",
-        s(out),
+        arg(out),
         "--train-batch-size",
         "16",
         "--gradient-accumulation-steps",
@@ -286,11 +262,11 @@ fn small_run(config: &Path, out: &Path, max_steps: u64, extra: &[&str]) -> Vec<S
     let mut args: Vec<String> = [
         "pretrain",
         "--config-file",
-        s(config),
+        arg(config),
         "--input-dir",
-        s(&fixture("pretrain/data")),
+        arg(&fixture("pretrain/data")),
         "--output-dir",
-        s(out),
+        arg(out),
         "--train-batch-size",
         "16",
         "--gradient-accumulation-steps",
@@ -520,11 +496,11 @@ fn phase_two_starts_from_phase_one_and_counts_on() {
         succeed(&[
             "pretrain",
             "--config-file",
-            s(&config),
+            arg(&config),
             "--input-dir",
-            s(&shards),
+            arg(&shards),
             "--output-dir",
-            s(&out),
+            arg(&out),
             "--phase2",
             "--resume-from-checkpoint",
             "--phase1-end-step",
@@ -618,12 +594,17 @@ fn plots_the_log_as_a_png() {
         &["--skip-checkpoint"],
     )));
     let png = tmp.0.join("curves.png");
-    succeed(&["plot", s(&out.join("dllogger.json")), "--output", s(&png)]);
+    succeed(&[
+        "plot",
+        arg(&out.join("dllogger.json")),
+        "--output",
+        arg(&png),
+    ]);
     let bytes = std::fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 10_000);
     let empty = tmp.0.join("empty.json");
     std::fs::write(&empty, "").unwrap();
-    let output = bert_native(&["plot", s(&empty)]).output().unwrap();
+    let output = bert_native(&["plot", arg(&empty)]).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no training steps"));
 }

@@ -14,31 +14,9 @@ use std::time::Duration;
 use bert_core::checkpoint::to_safetensors;
 use bert_core::model::BertWithHeads;
 use bert_core::pretrained::ModelFiles;
-use bert_tests::{fixture, max_abs_diff, minilm_dir, read_safetensors};
+use bert_tests::{arg, fixture, max_abs_diff, minilm_dir, read_safetensors, TempDir};
 use burn::backend::NdArray;
 use serde_json::{json, Value};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("bert-native-serve-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn s(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// A repository with `minilm` (encoder), `qa` (MiniLM with the fixture's seeded span head) and
 /// `sentiment` (MiniLM with a fresh two-label classifier); returns it and the folder of the
@@ -106,7 +84,7 @@ impl Server {
             .args([
                 "serve",
                 "--model-repository",
-                s(repository),
+                arg(repository),
                 "--http-port",
                 "0",
             ])
@@ -276,11 +254,11 @@ fn encode(dir: &Path, model: &Path, rows: &[Vec<i64>]) -> HashMap<String, Vec<f3
     bert_native(&[
         "encode",
         "--model",
-        s(model),
+        arg(model),
         "--input",
-        s(&input),
+        arg(&input),
         "--output",
-        s(&out),
+        arg(&out),
     ]);
     read_safetensors(&out)
         .into_iter()
@@ -482,7 +460,7 @@ fn serves_like_encode_and_qa_batches_requests_and_speaks_to_the_triton_client() 
     let cli = bert_native(&[
         "qa",
         "--model",
-        s(&with_heads),
+        arg(&with_heads),
         "--question",
         question,
         "--context",

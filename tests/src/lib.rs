@@ -5,7 +5,7 @@
 pub mod golden;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bert_core::model::{BertInput, TokenBatch};
 use bert_core::BertConfig;
@@ -148,4 +148,34 @@ pub fn assert_close(what: &str, actual: &[f32], expected: &[f32], atol: f32) {
         actual[at],
         expected[at]
     );
+}
+
+/// A fresh folder under the system's temporary directory for one test (named by the test and the
+/// process), removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates (empties) `bert-rs-test-{name}-{pid}`.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("bert-rs-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// A path inside the folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A path as a command-line argument (test paths are UTF-8).
+pub fn arg(path: &Path) -> &str {
+    path.to_str().unwrap()
 }
