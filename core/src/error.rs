@@ -183,3 +183,51 @@ pub enum PretrainedError {
         model: usize,
     },
 }
+
+/// Training that cannot go on.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum TrainingError {
+    /// Float16 gradients kept overflowing until the dynamic loss scale fell under its floor.
+    #[error("the loss scale collapsed to {scale} (floor {min_scale}): the gradients overflow even unscaled, so training has diverged; lower the learning rate or use --precision bf16")]
+    LossScaleCollapsed {
+        /// The scale after the last halving.
+        scale: f64,
+        /// The floor (`--min-loss-scale`).
+        min_scale: f64,
+    },
+    /// Too many steps in a row had non-finite gradients.
+    #[error("{skipped} optimizer steps in a row had inf/NaN gradients (loss scale {scale}): training has diverged")]
+    TooManySkippedSteps {
+        /// Skipped steps in a row.
+        skipped: u32,
+        /// The loss scale at the last of them.
+        scale: f64,
+    },
+    /// Averaging the gradients with the other ranks failed.
+    #[error("data-parallel all-reduce failed: {0}")]
+    Collective(#[from] CollectiveError),
+}
+
+/// A data-parallel exchange between ranks that failed.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum CollectiveError {
+    /// The ranks offered buffers of different lengths: they are not running the same model.
+    #[error("ranks disagree on the buffer length ({expected} here, {found} elsewhere): are they training the same model?")]
+    LengthMismatch {
+        /// This rank's length.
+        expected: usize,
+        /// Another rank's.
+        found: usize,
+    },
+    /// Another rank went away or the link to it broke.
+    #[error("lost rank {rank}: {message}")]
+    PeerLost {
+        /// The rank.
+        rank: usize,
+        /// What happened.
+        message: String,
+    },
+    /// Reading a tensor back from the device failed.
+    #[error("cannot read gradients back from the device: {0}")]
+    Device(String),
+}

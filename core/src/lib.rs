@@ -38,6 +38,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod distributed;
 pub mod error;
 pub mod finetune;
 pub mod glue;

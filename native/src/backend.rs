@@ -37,10 +37,16 @@ pub trait Job {
 /// Runs `job` on the backend `kind`, failing clearly when the binary was built without it or the
 /// machine cannot provide it.
 pub fn run<J: Job>(kind: BackendKind, job: J) -> Result<J::Output> {
+    run_on(kind, 0, job)
+}
+
+/// [`run`] on GPU `device_index` of the machine (a data-parallel rank's local rank); the CPU and
+/// wgpu backends have one device.
+pub fn run_on<J: Job>(kind: BackendKind, device_index: usize, job: J) -> Result<J::Output> {
     match kind {
         BackendKind::Ndarray => run_ndarray(job),
         BackendKind::Wgpu => run_wgpu(job),
-        BackendKind::Cuda => run_cuda(job),
+        BackendKind::Cuda => run_cuda(device_index, job),
     }
 }
 
@@ -67,15 +73,17 @@ fn run_wgpu<J: Job>(_job: J) -> Result<J::Output> {
 }
 
 #[cfg(feature = "cuda")]
-fn run_cuda<J: Job>(job: J) -> Result<J::Output> {
+fn run_cuda<J: Job>(device_index: usize, job: J) -> Result<J::Output> {
     cuda_driver_present()?;
     catching_panics("cuda", || {
-        job.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::default())
+        job.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice {
+            index: device_index,
+        })
     })
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_cuda<J: Job>(_job: J) -> Result<J::Output> {
+fn run_cuda<J: Job>(_device_index: usize, _job: J) -> Result<J::Output> {
     bail!("this bert-native was built without the `cuda` feature; rebuild with `--features cuda`")
 }
 

@@ -3,9 +3,11 @@
 mod backend;
 mod bench;
 mod commands;
+mod distributed;
 mod dllogger;
 mod finetune;
 mod plot;
+mod precision;
 mod prep;
 mod pretrain;
 mod pretraining_shards;
@@ -15,7 +17,7 @@ mod serve;
 mod shard_file;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 // The CPU backend allocates a fresh buffer for most tensor operations; glibc's allocator maps and
 // unmaps large buffers each time (page faults cost ~35% of a forward pass). mimalloc reuses them.
@@ -64,6 +66,16 @@ enum Command {
     /// Serve the models of a repository over the KServe v2 / Triton HTTP protocol, with dynamic
     /// batching and a text question-answering endpoint.
     Serve(serve::ServeArgs),
+    /// Start a data-parallel job on this node: one process per GPU running `-- pretrain ...`,
+    /// with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT set (torch.distributed.run's job).
+    Launch(distributed::launch::LaunchArgs),
+}
+
+/// Whether `name` is one of this binary's subcommands (`launch` runs those with itself).
+fn is_subcommand(name: &str) -> bool {
+    Cli::command()
+        .get_subcommands()
+        .any(|command| command.get_name() == name)
 }
 
 fn main() {
@@ -82,6 +94,7 @@ fn main() {
         Command::Qa(args) => finetune::qa::run(*args),
         Command::Quickstart(args) => quickstart::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Launch(args) => distributed::launch::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

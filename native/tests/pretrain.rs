@@ -556,7 +556,17 @@ fn a_diverging_run_stops_with_its_last_good_checkpoint() {
     let tmp = TempDir::new("diverge");
     let config = small_config(&tmp.0);
     let out = tmp.0.join("run");
-    let mut args = small_run(&config, &out, 50, &["--num-steps-per-checkpoint", "1"]);
+    let mut args = small_run(
+        &config,
+        &out,
+        50,
+        &[
+            "--num-steps-per-checkpoint",
+            "1",
+            "--max-skipped-steps",
+            "3",
+        ],
+    );
     for (flag, value) in [("--learning-rate", "1e30"), ("--warmup-proportion", "0")] {
         let at = args.iter().position(|a| a == flag).unwrap();
         args[at + 1] = value.to_string();
@@ -564,8 +574,11 @@ fn a_diverging_run_stops_with_its_last_good_checkpoint() {
     let output = bert_native(&as_strs(&args)).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // Non-finite steps are skipped (weights untouched), and three in a row end the run.
+    assert!(stderr.contains("skipped: inf/NaN gradients"), "{stderr}");
     assert!(
-        stderr.contains("the loss became") && stderr.contains("last good checkpoint"),
+        stderr.contains("3 optimizer steps in a row had inf/NaN gradients")
+            && stderr.contains("last good checkpoint"),
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -607,4 +620,89 @@ fn plots_the_log_as_a_png() {
     let output = bert_native(&["plot", arg(&empty)]).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no training steps"));
+}
+
+/// Two ranks reading the same single shard compute the same gradients, so their average is each
+/// one's: the data-parallel run through `launch` (rendezvous, TCP all-reduce, broadcast from
+/// rank 0, one writer) must reproduce the single-process run bit for bit, and so the reference.
+/// (Ranks on different data against one rank with twice the batch: `bert_core::train` tests.)
+#[test]
+fn two_ranks_through_launch_reproduce_the_single_process_run() {
+    let tmp = TempDir::new("launch");
+    let single = tmp.0.join("single");
+    let mut args = parity_args(&single);
+    args.push("--skip-checkpoint".into());
+    succeed(&as_strs(&args));
+
+    let parallel = tmp.0.join("parallel");
+    let port = free_port().to_string();
+    let mut launch = vec![
+        "launch",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        &port,
+        "--",
+    ];
+    let mut args = parity_args(&parallel);
+    args.extend([
+        "--skip-checkpoint".into(),
+        "--allreduce-post-accumulation".into(),
+    ]);
+    launch.extend(as_strs(&args));
+    succeed(&launch);
+
+    let (ours, reference) = (
+        read_safetensors(&parallel.join("model.safetensors")),
+        read_safetensors(&single.join("model.safetensors")),
+    );
+    assert_eq!(ours.len(), reference.len());
+    for (name, tensor) in &reference {
+        assert_eq!(ours[name].f32, tensor.f32, "{name} differs");
+    }
+    let (root, other) = (
+        logged_steps(&parallel.join("dllogger.json")),
+        logged_steps(&parallel.join("dllogger.rank1.json")),
+    );
+    let single_steps = logged_steps(&single.join("dllogger.json"));
+    assert_eq!(root.len(), 4);
+    for ((a, b), c) in root.iter().zip(&other).zip(&single_steps) {
+        assert_eq!(a["loss"], c["loss"], "rank 0 logs the averaged loss");
+        assert_eq!(b["loss"], c["loss"], "rank 1 too");
+    }
+}
+
+/// A rank that fails stops the job: `launch` ends the others instead of waiting for them.
+#[test]
+fn a_failing_rank_takes_the_job_down() {
+    let started = std::time::Instant::now();
+    let output = bert_native(&[
+        "launch",
+        "--nproc-per-node",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        "if [ \"$RANK\" = 1 ]; then exit 3; fi; sleep 120",
+    ])
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("rank 1 failed") && stderr.contains("stopped the 2 other rank"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the other ranks were waited for instead of stopped"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

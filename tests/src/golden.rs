@@ -186,3 +186,97 @@ pub fn check_case<B: Backend>(case: &str, device: &B::Device) {
         );
     }
 }
+
+/// How far a half-precision forward may drift from the float32 reference.
+#[derive(Debug, Clone, Copy)]
+pub struct HalfPrecisionBounds {
+    /// The least cosine similarity of any real token's last hidden state with the reference's.
+    pub min_token_cosine: f32,
+    /// The largest absolute difference of a span logit on a real token.
+    pub max_span_logit_diff: f32,
+    /// The least share of masked positions whose arg-max MLM prediction is the reference's.
+    pub min_mlm_agreement: f32,
+}
+
+/// Runs `case` through MiniLM + the golden heads at `precision` and checks it stays within
+/// `bounds` of the float32 reference; returns (cosine, span difference, MLM agreement).
+pub fn check_case_at_precision<B: Backend>(
+    case: &str,
+    precision: bert_core::model::Precision,
+    bounds: HalfPrecisionBounds,
+    device: &B::Device,
+) -> (f32, f32, f32) {
+    let files = ModelFiles::find(&minilm_dir(), None).expect("model folder");
+    let heads = fixture("forward/weights/heads.safetensors");
+    let mut loaded = load_model::<B>(&files, &[heads], device).expect("MiniLM loads");
+    loaded.model.bert.precision = precision;
+    let golden: HashMap<String, HostTensor> =
+        read_safetensors(&fixture(&format!("forward/cases/{case}.safetensors")));
+    let input = case_input::<B>(&golden, &loaded.config, device);
+    let mask = case_batch(&golden).attention_mask.expect("mask");
+    let outputs = loaded.model.forward(input);
+
+    let hidden = values(outputs.last_hidden_state);
+    let expected = &golden["last_hidden_state"];
+    let width = *expected.shape.last().expect("rank 3");
+    let real_tokens: Vec<usize> = mask
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, &m)| m == 1)
+        .map(|(i, _)| i)
+        .collect();
+    let cosine = real_tokens
+        .iter()
+        .map(|&t| {
+            let (a, b) = (
+                &hidden[t * width..(t + 1) * width],
+                &expected.f32[t * width..(t + 1) * width],
+            );
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            dot / (norm(a) * norm(b))
+        })
+        .fold(f32::INFINITY, f32::min);
+    let mut span = 0.0f32;
+    for (name, actual) in [
+        ("qa_start_logits", outputs.start_logits.expect("qa head")),
+        ("qa_end_logits", outputs.end_logits.expect("qa head")),
+    ] {
+        let actual = values(actual);
+        for &t in &real_tokens {
+            span = span.max((actual[t] - golden[name].f32[t]).abs());
+        }
+    }
+    let mlm_logits = values(outputs.mlm_logits.expect("mlm head"));
+    let expected = &golden["mlm_logits"];
+    let (seq_len, vocab) = (golden["input_ids"].shape[1], expected.shape[1]);
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+    };
+    let pairs: Vec<&[i64]> = positions_of(&golden);
+    let agreeing = pairs
+        .iter()
+        .enumerate()
+        .filter(|(k, pair)| {
+            let at = (pair[0] as usize * seq_len + pair[1] as usize) * vocab;
+            argmax(&mlm_logits[at..at + vocab]) == argmax(&expected.f32[k * vocab..(k + 1) * vocab])
+        })
+        .count();
+    let agreement = agreeing as f32 / pairs.len() as f32;
+    assert!(
+        cosine >= bounds.min_token_cosine
+            && span <= bounds.max_span_logit_diff
+            && agreement >= bounds.min_mlm_agreement,
+        "{case} at {precision}: token cosine {cosine}, span logit difference {span}, MLM agreement {agreement}; bounds {bounds:?}"
+    );
+    (cosine, span, agreement)
+}
+
+/// The `(batch, position)` pairs of a case's masked positions.
+fn positions_of(golden: &HashMap<String, HostTensor>) -> Vec<&[i64]> {
+    golden["mlm_positions"].i64.chunks(2).collect()
+}

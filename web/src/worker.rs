@@ -221,7 +221,8 @@ async fn train<B: Backend>(
                         .expect("windows fit the model: the tokenizer and length were checked"),
                 ]
             })
-            .await;
+            .await
+            .map_err(|diverged| format!("{diverged}: lower the learning rate"))?;
         sequences += micro_batches.iter().map(Vec::len).sum::<usize>();
         let loss = report.losses[0];
         if !loss.is_finite() {

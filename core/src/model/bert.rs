@@ -9,6 +9,10 @@
 //! ```
 //! The attention mask is additive, `(1 - mask) * -10000` on the keys, so a row whose mask is all
 //! zero attends uniformly, exactly as the reference does.
+//!
+//! Under mixed precision the products (`linear`, `matmul`) run in half precision and `full`
+//! brings their results back to float32 before softmax, residual sums and LayerNorm, where
+//! `torch.autocast` would (see [`super::precision`]).
 
 use burn::module::{Module, Param};
 use burn::nn::{
@@ -20,6 +24,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
+use crate::model::precision::{full, linear, matmul, Precision};
 use crate::model::BertInput;
 
 /// The additive mask value of the reference: masked keys get `-10000` before the softmax.
@@ -103,11 +108,13 @@ impl<B: Backend> BertSelfAttention<B> {
         }
     }
 
-    /// `hidden_states` `[B, S, H]`, `attention_bias` `[B, 1, 1, S]` (0 or -10000 per key).
+    /// `hidden_states` `[B, S, H]`, `attention_bias` `[B, 1, 1, S]` (0 or -10000 per key); the
+    /// result is in the products' precision.
     pub fn forward(
         &self,
         hidden_states: Tensor<B, 3>,
         attention_bias: Tensor<B, 4>,
+        precision: Precision,
     ) -> Tensor<B, 3> {
         let [batch_size, seq_len, hidden] = hidden_states.dims();
         let head_size = hidden / self.num_attention_heads;
@@ -115,17 +122,17 @@ impl<B: Backend> BertSelfAttention<B> {
             x.reshape([batch_size, seq_len, self.num_attention_heads, head_size])
                 .swap_dims(1, 2)
         };
-        let query = split_heads(self.query.forward(hidden_states.clone()));
-        let key = split_heads(self.key.forward(hidden_states.clone()));
-        let value = split_heads(self.value.forward(hidden_states));
+        let query = split_heads(linear(&self.query, hidden_states.clone(), precision));
+        let key = split_heads(linear(&self.key, hidden_states.clone(), precision));
+        let value = split_heads(linear(&self.value, hidden_states, precision));
 
-        let scores = query.matmul(key.transpose()) / (head_size as f64).sqrt() + attention_bias;
+        let scores = full(matmul(query, key.transpose(), precision)) / (head_size as f64).sqrt()
+            + attention_bias;
         let probabilities = self.attention_dropout.forward(softmax(scores, 3));
-        let context = probabilities
-            .matmul(value)
+        let context = matmul(probabilities, value, precision)
             .swap_dims(1, 2)
             .reshape([batch_size, seq_len, hidden]);
-        self.output.forward(context)
+        linear(&self.output, context, precision)
     }
 }
 
@@ -161,24 +168,25 @@ impl<B: Backend> BertLayer<B> {
         }
     }
 
-    /// `[B, S, H]` -> `[B, S, H]`.
+    /// `[B, S, H]` -> `[B, S, H]`, float32 in and out.
     pub fn forward(
         &self,
         hidden_states: Tensor<B, 3>,
         attention_bias: Tensor<B, 4>,
+        precision: Precision,
     ) -> Tensor<B, 3> {
-        let attention_output = self
-            .attention
-            .forward(hidden_states.clone(), attention_bias);
+        let attention_output =
+            self.attention
+                .forward(hidden_states.clone(), attention_bias, precision);
         let hidden_states = self
             .attention_layer_norm
-            .forward(hidden_states + self.dropout.forward(attention_output));
+            .forward(hidden_states + self.dropout.forward(full(attention_output)));
 
         let intermediate = activation(
             self.hidden_act,
-            self.intermediate.forward(hidden_states.clone()),
+            linear(&self.intermediate, hidden_states.clone(), precision),
         );
-        let feed_forward_output = self.output.forward(intermediate);
+        let feed_forward_output = full(linear(&self.output, intermediate, precision));
         self.output_layer_norm
             .forward(hidden_states + self.dropout.forward(feed_forward_output))
     }
@@ -200,12 +208,12 @@ pub struct BertPooler<B: Backend> {
 
 impl<B: Backend> BertPooler<B> {
     /// `[B, S, H]` -> `[B, H]` from the first (`[CLS]`) position.
-    pub fn forward(&self, sequence_output: Tensor<B, 3>) -> Tensor<B, 2> {
+    pub fn forward(&self, sequence_output: Tensor<B, 3>, precision: Precision) -> Tensor<B, 2> {
         let [batch_size, _, hidden] = sequence_output.dims();
         let first_token = sequence_output
             .narrow(1, 0, 1)
             .reshape([batch_size, hidden]);
-        tanh(self.dense.forward(first_token))
+        tanh(full(linear(&self.dense, first_token, precision)))
     }
 }
 
@@ -227,6 +235,8 @@ pub struct BertModel<B: Backend> {
     pub encoder: BertEncoder<B>,
     /// Absent in checkpoints saved without one (e.g. Hugging Face question-answering models).
     pub pooler: Option<BertPooler<B>>,
+    /// The arithmetic of the matrix products, here and in the heads; float32 unless set.
+    pub precision: Precision,
 }
 
 impl<B: Backend> BertModel<B> {
@@ -243,6 +253,7 @@ impl<B: Backend> BertModel<B> {
             pooler: with_pooler.then(|| BertPooler {
                 dense: dense(config, config.hidden_size, config.hidden_size, device),
             }),
+            precision: Precision::Fp32,
         }
     }
 
@@ -275,7 +286,7 @@ impl<B: Backend> BertModel<B> {
             if keep_hidden_states {
                 all_hidden_states.push(hidden_states.clone());
             }
-            hidden_states = layer.forward(hidden_states, attention_bias.clone());
+            hidden_states = layer.forward(hidden_states, attention_bias.clone(), self.precision);
         }
         if keep_hidden_states {
             all_hidden_states.push(hidden_states.clone());
@@ -283,7 +294,7 @@ impl<B: Backend> BertModel<B> {
         let pooled_output = self
             .pooler
             .as_ref()
-            .map(|pooler| pooler.forward(hidden_states.clone()));
+            .map(|pooler| pooler.forward(hidden_states.clone(), self.precision));
         let output = BertOutput {
             sequence_output: hidden_states,
             pooled_output,

@@ -8,6 +8,7 @@ use burn::tensor::Tensor;
 
 use crate::config::{BertConfig, HiddenAct};
 use crate::model::bert::{activation, dense, layer_norm, BertModel};
+use crate::model::precision::{full, linear, matmul, Precision};
 use crate::model::BertInput;
 
 /// The masked-LM head: `LayerNorm(act(W h))` projected onto the (tied) word embeddings plus a bias.
@@ -34,17 +35,19 @@ impl<B: Backend> MaskedLmHead<B> {
         }
     }
 
-    /// `hidden_states` `[N, H]` and the word embeddings `[V, H]` to logits `[N, V]`.
+    /// `hidden_states` `[N, H]` and the word embeddings `[V, H]` to float32 logits `[N, V]`.
     pub fn forward(
         &self,
         hidden_states: Tensor<B, 2>,
         word_embeddings: Tensor<B, 2>,
+        precision: Precision,
     ) -> Tensor<B, 2> {
-        let transformed = self.transform_layer_norm.forward(activation(
+        let transformed = self.transform_layer_norm.forward(full(activation(
             self.hidden_act,
-            self.transform.forward(hidden_states),
-        ));
-        transformed.matmul(word_embeddings.transpose()) + self.bias.val().unsqueeze()
+            linear(&self.transform, hidden_states, precision),
+        )));
+        full(matmul(transformed, word_embeddings.transpose(), precision))
+            + self.bias.val().unsqueeze()
     }
 
     /// The same over every position: `[B, S, H]` to `[B, S, V]`.
@@ -52,11 +55,13 @@ impl<B: Backend> MaskedLmHead<B> {
         &self,
         sequence_output: Tensor<B, 3>,
         word_embeddings: Tensor<B, 2>,
+        precision: Precision,
     ) -> Tensor<B, 3> {
         let [batch_size, seq_len, hidden] = sequence_output.dims();
         let logits = self.forward(
             sequence_output.reshape([batch_size * seq_len, hidden]),
             word_embeddings,
+            precision,
         );
         let vocab_size = logits.dims()[1];
         logits.reshape([batch_size, seq_len, vocab_size])
@@ -101,11 +106,14 @@ impl<B: Backend> BertForPreTraining<B> {
 
     /// MLM logits at every position `[B, S, V]` and NSP logits `[B, 2]`.
     pub fn forward(&self, input: BertInput<B>) -> (Tensor<B, 3>, Tensor<B, 2>) {
+        let precision = self.bert.precision;
         let output = self.bert.forward(input);
-        let mlm_logits = self
-            .mlm
-            .forward_sequence(output.sequence_output, self.bert.word_embeddings());
-        let nsp_logits = self.nsp.forward(pooled(output.pooled_output));
+        let mlm_logits = self.mlm.forward_sequence(
+            output.sequence_output,
+            self.bert.word_embeddings(),
+            precision,
+        );
+        let nsp_logits = full(linear(&self.nsp, pooled(output.pooled_output), precision));
         (mlm_logits, nsp_logits)
     }
 }
@@ -130,8 +138,13 @@ impl<B: Backend> BertForQuestionAnswering<B> {
 
     /// Start and end logits, each `[B, S]`.
     pub fn forward(&self, input: BertInput<B>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let precision = self.bert.precision;
         let output = self.bert.forward(input);
-        split_span_logits(self.qa_outputs.forward(output.sequence_output))
+        split_span_logits(full(linear(
+            &self.qa_outputs,
+            output.sequence_output,
+            precision,
+        )))
     }
 }
 
@@ -158,9 +171,10 @@ impl<B: Backend> BertForSequenceClassification<B> {
 
     /// Class logits `[B, num_labels]`.
     pub fn forward(&self, input: BertInput<B>) -> Tensor<B, 2> {
+        let precision = self.bert.precision;
         let output = self.bert.forward(input);
-        self.classifier
-            .forward(self.dropout.forward(pooled(output.pooled_output)))
+        let pooled_output = self.dropout.forward(pooled(output.pooled_output));
+        full(linear(&self.classifier, pooled_output, precision))
     }
 }
 
@@ -246,28 +260,33 @@ impl<B: Backend> BertWithHeads<B> {
 
     /// Runs the encoder and every head present.
     pub fn forward(&self, input: BertInput<B>) -> HeadOutputs<B> {
+        let precision = self.bert.precision;
         let output = self.bert.forward(input);
         let sequence_output = output.sequence_output;
         let pooled_output = output.pooled_output;
         let (start_logits, end_logits) = match &self.qa_outputs {
             Some(qa_outputs) => {
-                let (start, end) = split_span_logits(qa_outputs.forward(sequence_output.clone()));
+                let (start, end) =
+                    split_span_logits(full(linear(qa_outputs, sequence_output.clone(), precision)));
                 (Some(start), Some(end))
             }
             None => (None, None),
         };
         HeadOutputs {
             mlm_logits: self.mlm.as_ref().map(|mlm| {
-                mlm.forward_sequence(sequence_output.clone(), self.bert.word_embeddings())
+                mlm.forward_sequence(
+                    sequence_output.clone(),
+                    self.bert.word_embeddings(),
+                    precision,
+                )
             }),
             nsp_logits: self
                 .nsp
                 .as_ref()
-                .map(|nsp| nsp.forward(pooled(pooled_output.clone()))),
-            classifier_logits: self
-                .classifier
-                .as_ref()
-                .map(|classifier| classifier.forward(pooled(pooled_output.clone()))),
+                .map(|nsp| full(linear(nsp, pooled(pooled_output.clone()), precision))),
+            classifier_logits: self.classifier.as_ref().map(|classifier| {
+                full(linear(classifier, pooled(pooled_output.clone()), precision))
+            }),
             start_logits,
             end_logits,
             last_hidden_state: sequence_output,

@@ -3,6 +3,7 @@
 pub mod bert;
 pub mod heads;
 pub mod input;
+pub mod precision;
 
 pub use bert::{BertModel, BertOutput};
 pub use heads::{
@@ -10,3 +11,4 @@ pub use heads::{
     HeadOutputs, Heads, MaskedLmHead,
 };
 pub use input::{BertInput, TokenBatch};
+pub use precision::Precision;

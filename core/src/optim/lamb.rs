@@ -159,28 +159,43 @@ impl<B: Backend> Lamb<B> {
 
     /// One optimizer step at learning rate `lr` over all parameters.
     pub fn step(&mut self, lr: f64, params: Vec<NamedParam<B>>) -> LambStep<B> {
-        let Some(first) = params.first() else {
+        let squared_grad_norm = squared_grad_norm(&params);
+        self.step_scaled(lr, params, squared_grad_norm, 1.0)
+    }
+
+    /// [`Self::step`] for gradients multiplied by `gradient_scale` (the loss scale), whose
+    /// [`squared_grad_norm`] the caller already computed (to check it for overflow). The
+    /// unscaling is folded into the clip divisor, so it costs no pass over the gradients.
+    pub fn step_scaled(
+        &mut self,
+        lr: f64,
+        params: Vec<NamedParam<B>>,
+        squared_grad_norm: Tensor<B, 1>,
+        gradient_scale: f64,
+    ) -> LambStep<B> {
+        if params.is_empty() {
             return LambStep {
                 values: Vec::new(),
-                global_grad_norm: Tensor::zeros([1], &Default::default()),
+                global_grad_norm: squared_grad_norm,
             };
-        };
-        let device = first.grad.device();
+        }
+        let device = squared_grad_norm.device();
         self.step += 1;
         let t = self.step as i32;
         let config = self.config;
 
-        let squared_sum = params
-            .iter()
-            .map(|p| sum_of_squares(p.grad.clone()))
-            .reduce(|a, b| a + b)
-            .expect("at least one parameter");
-        let global_grad_norm = squared_sum.sqrt();
-        let clip_divisor = if config.max_grad_norm > 0.0 {
+        let mut global_grad_norm = squared_grad_norm.sqrt();
+        if gradient_scale != 1.0 {
+            global_grad_norm = global_grad_norm / gradient_scale;
+        }
+        let mut clip_divisor = if config.max_grad_norm > 0.0 {
             (global_grad_norm.clone() / config.max_grad_norm).clamp_min(1.0)
         } else {
             Tensor::ones([1], &device)
         };
+        if gradient_scale != 1.0 {
+            clip_divisor = clip_divisor * gradient_scale;
+        }
         let (correction1, correction2) = if config.bias_correction {
             (1.0 - config.beta1.powi(t), 1.0 - config.beta2.powi(t))
         } else {
@@ -229,6 +244,16 @@ impl<B: Backend> Lamb<B> {
             global_grad_norm,
         }
     }
+}
+
+/// `sum over all gradients of sum(g^2)`, `[1]`: one fused reduction whose square root is the
+/// global gradient norm, and which is inf or NaN exactly when some gradient is.
+pub fn squared_grad_norm<B: Backend>(params: &[NamedParam<B>]) -> Tensor<B, 1> {
+    params
+        .iter()
+        .map(|p| sum_of_squares(p.grad.clone()))
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| Tensor::zeros([1], &Default::default()))
 }
 
 /// Elements summed in one sequential run by [`sum_of_squares`].

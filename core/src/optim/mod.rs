@@ -1,10 +1,13 @@
 //! Optimizers and learning-rate schedules of the recipe: NVLAMB (apex FusedLAMB semantics) with
 //! global gradient clipping, its Adam variant for fine-tuning, and the PolyWarmUp / linear
-//! warm-up schedules.
+//! warm-up schedules; loss scaling for float16.
 
 pub mod lamb;
+pub mod loss_scale;
 mod params;
 pub mod schedule;
 
-pub use lamb::{Lamb, LambConfig, LambStep, Moments, NamedParam, TrustRatio};
+pub use lamb::{squared_grad_norm, Lamb, LambConfig, LambStep, Moments, NamedParam, TrustRatio};
+pub use loss_scale::{DivergenceGuard, LossScaler, LossScaling, StepOutcome};
+pub use params::{module_params, ParamPlacement};
 pub use schedule::LrSchedule;

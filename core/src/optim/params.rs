@@ -25,23 +25,53 @@ impl<B: burn::tensor::backend::Backend> Lamb<B> {
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
     {
-        let mut gather = Gather::<AB> {
-            grads,
-            path: Vec::new(),
-            params: Vec::new(),
-            shapes: Vec::new(),
-        };
-        module.visit(&mut gather);
-        let Gather { params, shapes, .. } = gather;
+        let (params, placement) = module_params(&module, grads);
         let step = self.step(lr, params);
-        let updates = shapes
+        (
+            placement.scatter(module, step.values),
+            step.global_grad_norm,
+        )
+    }
+}
+
+/// Where each gathered parameter goes back into its module.
+#[derive(Debug)]
+pub struct ParamPlacement {
+    shapes: Vec<(ParamId, Vec<usize>)>,
+}
+
+impl ParamPlacement {
+    /// `module` with the parameters replaced by `values` (flattened, in gathering order).
+    pub fn scatter<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+        self,
+        module: M,
+        values: Vec<Tensor<AB::InnerBackend, 1>>,
+    ) -> M {
+        let updates = self
+            .shapes
             .into_iter()
-            .zip(step.values)
+            .zip(values)
             .map(|((id, shape), value)| (id, (shape, value)))
             .collect();
-        let module = module.map(&mut Scatter::<AB> { updates });
-        (module, step.global_grad_norm)
+        module.map(&mut Scatter::<AB> { updates })
     }
+}
+
+/// Every float parameter of `module` with a gradient in `grads`, flattened and named by module
+/// path, and where each goes back.
+pub fn module_params<AB: AutodiffBackend, M: AutodiffModule<AB>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> (Vec<NamedParam<AB::InnerBackend>>, ParamPlacement) {
+    let mut gather = Gather::<AB> {
+        grads,
+        path: Vec::new(),
+        params: Vec::new(),
+        shapes: Vec::new(),
+    };
+    module.visit(&mut gather);
+    let Gather { params, shapes, .. } = gather;
+    (params, ParamPlacement { shapes })
 }
 
 struct Gather<'a, AB: AutodiffBackend> {

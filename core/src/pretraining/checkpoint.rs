@@ -18,7 +18,7 @@ use crate::checkpoint::{model_tensors, serialize_safetensors, Checkpoint, NamedT
 use crate::config::BertConfig;
 use crate::data::DataPosition;
 use crate::error::CheckpointError;
-use crate::optim::{LambConfig, LrSchedule, Moments};
+use crate::optim::{LambConfig, LossScaler, LrSchedule, Moments};
 
 const FORMAT: &str = "bert-rs-training-checkpoint";
 const EXP_AVG: &str = "optimizer/exp_avg/";
@@ -43,6 +43,9 @@ pub struct TrainingState {
     pub config: BertConfig,
     /// The command line that started the run.
     pub command_line: Vec<String>,
+    /// The loss scale and skip counts (absent in checkpoints of runs without loss scaling).
+    #[serde(default)]
+    pub loss_scaler: LossScaler,
 }
 
 /// Serialises the trainer and `state` (whose `step` must be the trainer's).
@@ -196,6 +199,10 @@ impl DecodedCheckpoint {
             .collect();
         let step = if restart_step { 0 } else { self.state.step };
         trainer.optimizer.restore(step, moments);
+        if !restart_step {
+            // Phase 2 starts its own scaler; a resumed run continues at the saved scale.
+            trainer.loss_scaler = self.state.loss_scaler;
+        }
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::batch::PretrainingBatch;
+use crate::model::precision::{full, linear};
 use crate::model::BertForPreTraining;
 use crate::train::cross_entropy;
 
@@ -34,11 +35,15 @@ impl<B: Backend> BertForPreTraining<B> {
             .sequence_output
             .reshape([rows * length, hidden])
             .select(0, batch.masked_lm_index.clone());
-        let mlm_logits = self.mlm.forward(masked_hidden, self.bert.word_embeddings());
+        let mlm_logits = self.mlm.forward(
+            masked_hidden,
+            self.bert.word_embeddings(),
+            self.bert.precision,
+        );
         let pooled = output
             .pooled_output
             .expect("BertForPreTraining is built with a pooler");
-        let nsp_logits = self.nsp.forward(pooled);
+        let nsp_logits = full(linear(&self.nsp, pooled, self.bert.precision));
         PretrainingLoss {
             mlm: cross_entropy(mlm_logits, batch.masked_lm_labels.clone()),
             nsp: cross_entropy(nsp_logits, batch.next_sentence_labels.clone()),

@@ -7,13 +7,15 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::PretrainingBatch;
 use crate::data::ShardArrays;
+use crate::error::TrainingError;
 use crate::model::BertForPreTraining;
+use crate::optim::StepOutcome;
 use crate::train::{scalar, Trainer};
 
 /// What one optimizer step did, for the logs.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
-    /// The optimizer step just taken (1-based).
+    /// Optimizer steps taken after this one (1-based; unchanged when it was skipped).
     pub step: u64,
     /// Its learning rate.
     pub lr: f64,
@@ -23,8 +25,12 @@ pub struct StepReport {
     pub mlm_loss: f64,
     /// The next-sentence part.
     pub nsp_loss: f64,
-    /// Global gradient norm before clipping.
+    /// Global gradient norm before clipping (not finite when the step was skipped).
     pub global_grad_norm: f64,
+    /// Whether the optimizer stepped or skipped an overflow.
+    pub outcome: StepOutcome,
+    /// The loss scale of the step's gradients (1 without scaling).
+    pub loss_scale: f64,
     /// Sequences in the step (all micro-batches).
     pub sequences: usize,
     /// Masked tokens in the step.
@@ -35,8 +41,12 @@ pub struct StepReport {
 pub type Pretrainer<AB> = Trainer<AB, BertForPreTraining<AB>>;
 
 impl<AB: AutodiffBackend> Trainer<AB, BertForPreTraining<AB>> {
-    /// One optimizer step over `micro_batches` (their number is the accumulation).
-    pub fn train_step(&mut self, micro_batches: &[ShardArrays]) -> StepReport {
+    /// One optimizer step over `micro_batches` (their number is the accumulation); an error when
+    /// training has diverged (see [`crate::optim::LossScaler`]).
+    pub fn train_step(
+        &mut self,
+        micro_batches: &[ShardArrays],
+    ) -> Result<StepReport, TrainingError> {
         let device = self.device.clone();
         let (sequences, masked_tokens) = micro_batches.iter().fold((0, 0), |(s, m), arrays| {
             let masked: usize = (0..arrays.num_instances)
@@ -47,18 +57,20 @@ impl<AB: AutodiffBackend> Trainer<AB, BertForPreTraining<AB>> {
         let step = self.step(micro_batches, |model, arrays| {
             let loss = model.pretraining_loss(&PretrainingBatch::new(arrays, &device));
             vec![loss.mlm, loss.nsp]
-        });
+        })?;
         let (mlm_loss, nsp_loss) = (step.losses[0], step.losses[1]);
-        StepReport {
+        Ok(StepReport {
             step: step.step,
             lr: step.lr,
             loss: mlm_loss + nsp_loss,
             mlm_loss,
             nsp_loss,
             global_grad_norm: step.global_grad_norm,
+            outcome: step.outcome,
+            loss_scale: step.loss_scale,
             sequences,
             masked_tokens,
-        }
+        })
     }
 
     /// Masked-LM accuracy and loss of the current model on `batches` (no gradients, no dropout).
@@ -96,7 +108,9 @@ pub fn evaluate<B: Backend>(
             .sequence_output
             .reshape([rows * length, hidden])
             .select(0, batch.masked_lm_index.clone());
-        let logits = model.mlm.forward(masked, model.bert.word_embeddings());
+        let logits = model
+            .mlm
+            .forward(masked, model.bert.word_embeddings(), model.bert.precision);
         let loss = crate::train::cross_entropy(logits.clone(), batch.masked_lm_labels.clone());
         let predicted: Vec<i64> = logits
             .argmax(1)

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use bert_core::model::{BertForQuestionAnswering, TokenBatch};
+use bert_core::model::{BertForQuestionAnswering, Precision, TokenBatch};
 use bert_core::pretrained::{load_model, ModelFiles};
 use bert_core::BertConfig;
 use burn::tensor::backend::Backend;
@@ -12,6 +12,7 @@ use clap::Args;
 
 use super::{synthetic_row, timing_summary};
 use crate::backend::{self, BackendKind, Job};
+use crate::precision::check_backend;
 
 /// Arguments of `bench forward`.
 #[derive(Debug, Args)]
@@ -37,10 +38,14 @@ pub struct ForwardArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
     backend: BackendKind,
+    /// Arithmetic of the matrix products: fp32, tf32, fp16 or bf16 (half needs cuda or wgpu).
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
 }
 
 /// Runs `bench forward`.
 pub fn run(args: ForwardArgs) -> Result<()> {
+    check_backend(args.precision, args.backend)?;
     if args.batch_size == 0 || args.seq_len < 2 || args.iterations == 0 {
         bail!("need --batch-size >= 1, --seq-len >= 2 and --iterations >= 1");
     }
@@ -57,12 +62,14 @@ pub fn run(args: ForwardArgs) -> Result<()> {
             batch,
             iterations: args.iterations,
             warmup: args.warmup,
+            precision: args.precision,
         },
     )?;
     let summary = timing_summary(&mut times_ms, args.batch_size);
     let json = serde_json::json!({
         "benchmark": "forward",
         "backend": backend_name,
+        "precision": args.precision,
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
         "iterations": args.iterations,
@@ -90,13 +97,15 @@ struct BenchJob {
     batch: TokenBatch,
     iterations: usize,
     warmup: usize,
+    precision: Precision,
 }
 
 impl Job for BenchJob {
     type Output = Vec<f64>;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Vec<f64>> {
-        let loaded = load_model::<B>(&self.files, &self.extra_weights, &device)?;
+        let mut loaded = load_model::<B>(&self.files, &self.extra_weights, &device)?;
+        loaded.model.bert.precision = self.precision;
         let input = self.batch.to_input::<B>(&loaded.config, &device)?;
         Ok(time_iterations(self.warmup, self.iterations, || {
             let outputs = loaded.model.forward(input.clone());
@@ -144,10 +153,14 @@ pub struct SquadInferenceArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
     backend: BackendKind,
+    /// Arithmetic of the matrix products: fp32, tf32, fp16 or bf16 (half needs cuda or wgpu).
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
 }
 
 /// Runs `bench squad-inference`: the reference's SQuAD inference benchmark shape.
 pub fn run_squad_inference(args: SquadInferenceArgs) -> Result<()> {
+    check_backend(args.precision, args.backend)?;
     if args.batch == 0 || args.seq < 2 || args.iterations == 0 {
         bail!("need --batch >= 1, --seq >= 2 and --iterations >= 1");
     }
@@ -162,6 +175,7 @@ pub fn run_squad_inference(args: SquadInferenceArgs) -> Result<()> {
             batch,
             iterations: args.iterations,
             warmup: args.warmup,
+            precision: args.precision,
         },
     )?;
     let summary = timing_summary(&mut times_ms, args.batch);
@@ -170,6 +184,7 @@ pub fn run_squad_inference(args: SquadInferenceArgs) -> Result<()> {
         serde_json::json!({
             "benchmark": "squad-inference",
             "backend": backend_name,
+            "precision": args.precision,
             "config": args.config,
             "batch_size": args.batch,
             "seq_len": args.seq,
@@ -186,13 +201,15 @@ struct SquadInferenceJob {
     batch: TokenBatch,
     iterations: usize,
     warmup: usize,
+    precision: Precision,
 }
 
 impl Job for SquadInferenceJob {
     type Output = Vec<f64>;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Vec<f64>> {
-        let model = BertForQuestionAnswering::<B>::new(&self.config, &device);
+        let mut model = BertForQuestionAnswering::<B>::new(&self.config, &device);
+        model.bert.precision = self.precision;
         let input = self.batch.to_input::<B>(&self.config, &device)?;
         Ok(time_iterations(self.warmup, self.iterations, || {
             let (start, end) = model.forward(input.clone());

@@ -16,6 +16,7 @@ use clap::Args;
 
 use super::{synthetic_row, timing_summary};
 use crate::backend::{self, BackendKind, Job};
+use crate::precision::PrecisionArgs;
 
 /// Arguments of `bench pretrain`.
 #[derive(Debug, Args)]
@@ -44,6 +45,8 @@ pub struct PretrainBenchArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
     backend: BackendKind,
+    #[command(flatten)]
+    precision: PrecisionArgs,
 }
 
 /// Runs `bench pretrain`.
@@ -56,6 +59,7 @@ pub fn run(args: PretrainBenchArgs) -> Result<()> {
     {
         bail!("need --batch >= 1, --seq >= 8, --steps >= 1 and 1 <= --max-pred < seq - 2");
     }
+    args.precision.check(args.backend)?;
     let config = match &args.config_file {
         Some(path) => BertConfig::from_json(
             &std::fs::read_to_string(path)
@@ -66,19 +70,21 @@ pub fn run(args: PretrainBenchArgs) -> Result<()> {
     };
     let shard = synthetic_shard(args.batch, args.seq, args.max_pred, config.vocab_size);
     let backend_name = args.backend.to_string();
-    let mut times_ms = backend::run(
+    let (mut times_ms, skipped_steps) = backend::run(
         args.backend,
         PretrainBench {
             config: config.clone(),
             shard,
             steps: args.steps,
             warmup: args.warmup,
+            precision: args.precision.clone(),
         },
     )?;
     let summary = timing_summary(&mut times_ms, args.batch);
     let json = serde_json::json!({
         "benchmark": "pretrain",
         "backend": backend_name,
+        "precision": args.precision.precision,
         "layers": config.num_hidden_layers,
         "hidden": config.hidden_size,
         "seq": args.seq,
@@ -87,6 +93,7 @@ pub fn run(args: PretrainBenchArgs) -> Result<()> {
         "steps": args.steps,
         "step_ms": summary.latency_ms,
         "training_sequences_per_second": summary.sequences_per_second,
+        "skipped_steps": skipped_steps,
     });
     println!("{json}");
     Ok(())
@@ -126,24 +133,28 @@ struct PretrainBench {
     shard: ShardArrays,
     steps: usize,
     warmup: usize,
+    precision: PrecisionArgs,
 }
 
 impl Job for PretrainBench {
-    type Output = Vec<f64>;
+    /// Step times and the steps skipped for overflow.
+    type Output = (Vec<f64>, u64);
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<f64>> {
-        let model = BertForPreTraining::<Autodiff<B>>::new(&self.config, &device);
+    fn run<B: Backend>(self, device: B::Device) -> Result<(Vec<f64>, u64)> {
+        let mut model = BertForPreTraining::<Autodiff<B>>::new(&self.config, &device);
+        model.bert.precision = self.precision.precision;
         let schedule = LrSchedule::poly_warm_up(6e-3, 0.2843, 7038);
         let mut trainer = Pretrainer::new(model, LambConfig::default(), schedule, 42, device);
+        trainer.loss_scaler = self.precision.loss_scaler();
         let mut times_ms = Vec::with_capacity(self.steps);
         for step in 0..self.warmup + self.steps {
             let started = Instant::now();
             // The report reads the loss back, so the step has finished on the device.
-            trainer.train_step(std::slice::from_ref(&self.shard));
+            trainer.train_step(std::slice::from_ref(&self.shard))?;
             if step >= self.warmup {
                 times_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             }
         }
-        Ok(times_ms)
+        Ok((times_ms, trainer.loss_scaler.skipped_steps))
     }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+use bert_core::model::Precision;
 use bert_core::model::TokenBatch;
 use bert_core::pretrained::{load_model, ModelFiles};
 use burn::tensor::backend::Backend;
@@ -11,6 +12,7 @@ use burn::tensor::Tensor;
 use clap::Args;
 
 use crate::backend::{self, BackendKind, Job};
+use crate::precision::check_backend;
 use crate::report::print_load_report;
 
 /// Arguments of `encode`.
@@ -44,10 +46,14 @@ pub struct EncodeArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
     backend: BackendKind,
+    /// Arithmetic of the matrix products: fp32, tf32, fp16 or bf16 (half needs cuda or wgpu).
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
 }
 
 /// Runs `encode`.
 pub fn run(args: EncodeArgs) -> Result<()> {
+    check_backend(args.precision, args.backend)?;
     let files = ModelFiles::find(&args.model, args.checkpoint.as_deref())?;
     let batch = match (&args.input, &args.text) {
         (Some(path), _) => {
@@ -85,6 +91,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
             extra_weights: args.extra_weights,
             batch,
             input_name,
+            precision: args.precision,
         },
     )?;
 
@@ -106,13 +113,15 @@ struct EncodeJob {
     extra_weights: Vec<PathBuf>,
     batch: TokenBatch,
     input_name: String,
+    precision: Precision,
 }
 
 impl Job for EncodeJob {
     type Output = Outputs;
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Outputs> {
-        let loaded = load_model::<B>(&self.files, &self.extra_weights, &device)?;
+        let mut loaded = load_model::<B>(&self.files, &self.extra_weights, &device)?;
+        loaded.model.bert.precision = self.precision;
         print_load_report(&loaded.report);
         let input = self
             .batch

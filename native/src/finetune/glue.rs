@@ -102,6 +102,7 @@ pub fn run(args: GlueArgs) -> Result<()> {
             source.config.max_position_embeddings
         );
     }
+    args.train.precision.check(args.backend)?;
     let backend = args.backend;
     backend::run(backend, GlueJob { args, source })
 }
@@ -137,6 +138,7 @@ impl Job for GlueJob {
                 &device,
             );
             source.load_into(&mut model, false)?;
+            model.bert.precision = args.train.precision.precision;
             let defaults = TaskDefaults {
                 epochs: 3.0,
                 learning_rate: 2.4e-5,
@@ -166,6 +168,7 @@ impl Job for GlueJob {
             let mut model =
                 BertForSequenceClassification::<B>::new(config, task.num_labels(), &device);
             source.load_into(&mut model, true)?;
+            model.bert.precision = args.train.precision.precision;
             model
         };
 

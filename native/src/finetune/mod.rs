@@ -9,9 +9,10 @@ pub mod squad;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use bert_core::checkpoint::Checkpoint;
 use bert_core::finetune::FineTuning;
+use bert_core::optim::StepOutcome;
 use bert_core::pretrained::ModelFiles;
 use bert_core::tokenizer::BertTokenizer;
 use bert_core::BertConfig;
@@ -23,6 +24,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::dllogger::DlLogger;
+use crate::precision::PrecisionArgs;
 use crate::report::print_load_report;
 
 /// Where the model comes from: a folder, or the reference's separate files.
@@ -204,6 +206,9 @@ pub struct TrainArgs {
     /// Steps between log lines (`--log_freq`).
     #[arg(long, default_value_t = 50)]
     pub log_freq: u64,
+    /// Arithmetic of training and prediction.
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
 }
 
 /// Figures of a fine-tuning run.
@@ -263,6 +268,7 @@ where
     parameters["schedule"] = json!(plan.schedule());
     log.log(json!("PARAMETER"), parameters)?;
     let mut trainer = plan.trainer(model, device.clone());
+    trainer.loss_scaler = args.precision.loss_scaler();
     let bar = ProgressBar::new(steps);
     bar.set_style(
         ProgressStyle::with_template("fine-tune [{bar:30}] {pos}/{len} steps {msg} eta {eta}")
@@ -276,7 +282,18 @@ where
             .iter()
             .map(|micro| micro.iter().map(|&i| &items[i]).collect())
             .collect();
-        let report = trainer.step(&micro_batches, |model, micro| vec![loss(model, micro)]);
+        let report = trainer
+            .step(&micro_batches, |model, micro| vec![loss(model, micro)])
+            .map_err(|diverged| anyhow!("{diverged}: lower --learning-rate"))?;
+        if report.outcome == StepOutcome::Skipped {
+            bar.suspend(|| {
+                eprintln!(
+                    "a step was skipped: inf/NaN gradients at loss scale {}",
+                    report.loss_scale
+                )
+            });
+            continue;
+        }
         final_loss = report.losses[0];
         sequences += micro_batches.iter().map(Vec::len).sum::<usize>();
         if !final_loss.is_finite() {

@@ -163,6 +163,7 @@ fn run_task(args: SquadRunArgs) -> Result<()> {
             source.config.max_position_embeddings
         );
     }
+    args.train.precision.check(args.backend)?;
     let backend = args.backend;
     backend::run(
         backend,
@@ -216,6 +217,7 @@ impl Job for SquadJob {
             <Autodiff<B> as Backend>::seed(&device, args.train.seed);
             let mut model = BertForQuestionAnswering::<Autodiff<B>>::new(config, &device);
             source.load_into(&mut model, false)?;
+            model.bert.precision = args.train.precision.precision;
             let defaults = TaskDefaults {
                 epochs: 2.0,
                 learning_rate: 3e-5,
@@ -245,6 +247,7 @@ impl Job for SquadJob {
         } else {
             let mut model = BertForQuestionAnswering::<B>::new(config, &device);
             source.load_into(&mut model, true)?;
+            model.bert.precision = args.train.precision.precision;
             model
         };
 

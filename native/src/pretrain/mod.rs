@@ -11,35 +11,26 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bert_core::checkpoint::{to_safetensors, Checkpoint};
+use bert_core::distributed::{Collective, DataParallel};
 use bert_core::io::write_atomic;
 use bert_core::model::BertForPreTraining;
-use bert_core::optim::{LambConfig, LrSchedule, TrustRatio};
+use bert_core::optim::{LambConfig, LrSchedule, StepOutcome, TrustRatio};
 use bert_core::pretraining::checkpoint::{encode, TrainingState};
 use bert_core::pretraining::{Pretrainer, StepReport};
 use bert_core::BertConfig;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::backend::{self, BackendKind, Job};
+use crate::distributed::rendezvous::Rendezvous;
+use crate::distributed::tcp::TcpCollective;
 use crate::dllogger::DlLogger;
+use crate::precision::PrecisionArgs;
 use crate::pretraining_shards::{PretrainingShards, ReaderConfig, ShardExpectation};
 use crate::report::print_load_report;
-
-/// Arithmetic of the training step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Precision {
-    /// float32 everywhere.
-    Fp32,
-    /// TensorFloat-32 matrix products (CUDA).
-    Tf32,
-    /// float16 with dynamic loss scaling (the reference's `--fp16`/`--amp`).
-    Fp16,
-    /// bfloat16.
-    Bf16,
-}
 
 /// Flags of `pretrain`; each names its `run_pretraining.py` equivalent.
 #[derive(Debug, Args)]
@@ -86,9 +77,16 @@ pub struct PretrainArgs {
     /// Masked positions per sequence; must match the shards (`--max_predictions_per_seq`; 20 / 80).
     #[arg(long)]
     max_predictions_per_seq: Option<usize>,
-    /// Arithmetic (`--fp16`, `--amp`); fp32 on every backend today.
-    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
-    precision: Precision,
+    #[command(flatten)]
+    precision: PrecisionArgs,
+    /// Average gradients once per optimizer step, after accumulation, in data-parallel jobs
+    /// (`--allreduce_post_accumulation`; the only mode here, accepted for the reference's
+    /// command lines).
+    #[arg(long)]
+    allreduce_post_accumulation: bool,
+    /// Round gradients to float16 for the all-reduce (`--allreduce_post_accumulation_fp16`).
+    #[arg(long)]
+    allreduce_post_accumulation_fp16: bool,
     /// Seed of initialisation, data order and dropout (`--seed`).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -226,12 +224,7 @@ impl PretrainArgs {
 
 /// Runs `pretrain`.
 pub fn run(args: PretrainArgs) -> Result<()> {
-    if args.precision != Precision::Fp32 {
-        bail!(
-            "--precision {:?} is not available yet: mixed precision and TF32 come with the CUDA work; use --precision fp32",
-            args.precision
-        );
-    }
+    args.precision.check(args.backend)?;
     let settings = args.settings()?;
     std::fs::create_dir_all(&args.output_dir)
         .with_context(|| format!("cannot create {}", args.output_dir.display()))?;
@@ -240,13 +233,19 @@ pub fn run(args: PretrainArgs) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install the signal handler")?;
     }
+    // A data-parallel job (`bert-native launch`, torchrun's or SLURM's variables): this
+    // process's rank, and the GPU of its local rank.
+    let job = Rendezvous::from_env()?;
     let backend = args.backend;
-    backend::run(
+    let device_index = job.as_ref().map_or(0, |job| job.local_rank);
+    backend::run_on(
         backend,
+        device_index,
         PretrainJob {
             args,
             settings,
             stop,
+            job,
         },
     )
 }
@@ -255,6 +254,7 @@ struct PretrainJob {
     args: PretrainArgs,
     settings: Settings,
     stop: Arc<AtomicBool>,
+    job: Option<Rendezvous>,
 }
 
 impl Job for PretrainJob {
@@ -265,14 +265,27 @@ impl Job for PretrainJob {
             args,
             settings,
             stop,
+            job,
         } = self;
         let output_dir = args.output_dir.clone();
-        let mut log = DlLogger::open(
-            &args
-                .json_summary
-                .clone()
-                .unwrap_or_else(|| output_dir.join("dllogger.json")),
-        )?;
+        let (rank, world_size) = job
+            .as_ref()
+            .map_or((0, 1), |job| (job.rank, job.world_size));
+        // Rank 0 writes checkpoints, the model and the reference's log; the others log beside it.
+        let is_root = rank == 0;
+        let log_path = args
+            .json_summary
+            .clone()
+            .unwrap_or_else(|| output_dir.join("dllogger.json"));
+        let mut log = DlLogger::open(&if is_root {
+            log_path
+        } else {
+            log_path.with_extension(format!("rank{rank}.json"))
+        })?;
+        let collective = match &job {
+            Some(job) => Some(Arc::new(TcpCollective::connect(job)?)),
+            None => None,
+        };
         let command_line: Vec<String> = std::env::args().collect();
 
         // Where the run starts: a checkpoint of this run, a phase-1 checkpoint, given weights, or scratch.
@@ -292,7 +305,8 @@ impl Job for PretrainJob {
             None => args.config()?,
         };
         <Autodiff<B> as Backend>::seed(&device, args.seed);
-        let model = BertForPreTraining::<Autodiff<B>>::new(&config, &device);
+        let mut model = BertForPreTraining::<Autodiff<B>>::new(&config, &device);
+        model.bert.precision = args.precision.precision;
         let mut trainer = Pretrainer::new(
             model,
             settings.lamb,
@@ -300,6 +314,7 @@ impl Job for PretrainJob {
             args.seed,
             device.clone(),
         );
+        trainer.loss_scaler = args.precision.loss_scaler();
         let (mut position, step_offset) = (
             Default::default(),
             if args.phase2 { args.phase1_end_step } else { 0 },
@@ -308,6 +323,7 @@ impl Job for PretrainJob {
             Some((path, checkpoint)) => {
                 let starts_phase2 = args.phase2 && checkpoint.state.step_offset == 0;
                 checkpoint.restore_into(&mut trainer, starts_phase2, &device)?;
+                trainer.loss_scaler.guard = args.precision.guard();
                 if !starts_phase2 {
                     position = checkpoint.state.data_position;
                 }
@@ -337,10 +353,20 @@ impl Job for PretrainJob {
             max_predictions_per_seq: settings.max_predictions_per_seq,
             vocab_size: config.vocab_size,
         };
+        if let Some(collective) = &collective {
+            let data_parallel = DataParallel {
+                collective: Arc::clone(collective) as Arc<dyn Collective>,
+                reduce_in_half: args.allreduce_post_accumulation_fp16,
+            };
+            trainer.model = data_parallel.broadcast_module(trainer.model)?;
+            trainer.data_parallel = Some(data_parallel);
+            // Each rank its own dropout masks, as the reference seeds `seed + local_rank`.
+            trainer.seed = args.seed.wrapping_add(rank as u64);
+        }
         let reader_config = ReaderConfig {
             seed: args.seed,
-            rank: 0,
-            world_size: 1,
+            rank,
+            world_size,
             batch_size: settings.micro_batch,
             shuffle: !args.no_shuffle,
             expectation,
@@ -353,12 +379,14 @@ impl Job for PretrainJob {
                 "gradient_accumulation_steps": settings.accumulation, "max_steps": settings.max_steps,
                 "schedule": settings.schedule, "lamb": settings.lamb, "seed": args.seed,
                 "input_files": reader.files().len(), "start_step": trainer.step_count(),
-                "backend": args.backend.to_string(), "precision": "fp32",
+                "backend": args.backend.to_string(), "precision": args.precision.precision,
+                "world_size": world_size, "rank": rank,
+                "loss_scale": trainer.loss_scaler.scale(),
             }),
         )?;
 
         let save = |trainer: &Pretrainer<Autodiff<B>>, position| -> Result<()> {
-            if args.skip_checkpoint {
+            if args.skip_checkpoint || !is_root {
                 return Ok(());
             }
             let state = TrainingState {
@@ -370,6 +398,7 @@ impl Job for PretrainJob {
                 seed: args.seed,
                 config: config.clone(),
                 command_line: command_line.clone(),
+                loss_scaler: trainer.loss_scaler,
             };
             let bytes = encode(trainer, &state)?;
             checkpoints::save(
@@ -387,36 +416,67 @@ impl Job for PretrainJob {
         let bar = progress_bar(
             trainer.step_count(),
             settings.max_steps,
-            args.disable_progress_bar,
+            args.disable_progress_bar || !is_root,
         );
         let started = Instant::now();
         let (mut sequences, mut last): (usize, Option<StepReport>) = (0, None);
         let mut last_saved = trainer.step_count();
-        while trainer.step_count() < run_end && !stop.load(Ordering::Relaxed) {
+        let stop_requested = || -> Result<bool> {
+            let mine = stop.load(Ordering::Relaxed);
+            let Some(collective) = &collective else {
+                return Ok(mine);
+            };
+            // Every rank stops after the same step when any of them was asked to.
+            let mut votes = [f32::from(u8::from(mine))];
+            collective.all_reduce_sum(&mut votes)?;
+            Ok(votes[0] > 0.0)
+        };
+        let mut stopped = false;
+        while trainer.step_count() < run_end {
+            if stop_requested()? {
+                stopped = true;
+                break;
+            }
             let step_started = Instant::now();
             let micro_batches = (0..settings.accumulation)
                 .map(|_| reader.next_batch())
                 .collect::<Result<Vec<_>>>()?;
-            let report = trainer.train_step(&micro_batches);
-            if !report.loss.is_finite() {
-                bail!(
-                    "the loss became {} at step {}: stopping; the last good checkpoint in {} is intact",
-                    report.loss,
-                    report.step + step_offset,
-                    output_dir.display()
-                );
-            }
+            let report = match trainer.train_step(&micro_batches) {
+                Ok(report) => report,
+                Err(diverged) => {
+                    let _ = log.log(json!("ERROR"), json!({"error": diverged.to_string()}));
+                    bail!(
+                        "{diverged}; stopping after step {}: the last good checkpoint in {} is intact",
+                        trainer.step_count() + step_offset,
+                        output_dir.display()
+                    );
+                }
+            };
             sequences += report.sequences;
             let seconds = step_started.elapsed().as_secs_f64();
-            if report.step % args.log_freq.max(1) == 0 || report.step == run_end {
+            let applied = report.outcome == StepOutcome::Applied;
+            if !applied || report.step % args.log_freq.max(1) == 0 || report.step == run_end {
                 log.log(
                     json!([reader.position().epoch, report.step + step_offset]),
                     json!({
                         "loss": report.loss, "mlm_loss": report.mlm_loss, "nsp_loss": report.nsp_loss,
                         "lr": report.lr, "grad_norm": report.global_grad_norm,
+                        "loss_scale": report.loss_scale, "skipped": !applied,
+                        "skipped_steps": trainer.loss_scaler.skipped_steps,
                         "sequences_per_second": report.sequences as f64 / seconds,
                     }),
                 )?;
+            }
+            if !applied {
+                bar.suspend(|| {
+                    eprintln!(
+                        "step {} skipped: inf/NaN gradients at loss scale {}; the scale is now {}",
+                        report.step + 1 + step_offset,
+                        report.loss_scale,
+                        trainer.loss_scaler.scale()
+                    )
+                });
+                continue;
             }
             bar.set_position(report.step);
             bar.set_message(format!(
@@ -436,7 +496,7 @@ impl Job for PretrainJob {
         if trainer.step_count() != last_saved {
             save(&trainer, reader.position())?;
         }
-        if stop.load(Ordering::Relaxed) {
+        if stopped {
             eprintln!(
                 "stopped by a signal after step {}; continue with --resume-from-checkpoint",
                 trainer.step_count() + step_offset
@@ -444,14 +504,16 @@ impl Job for PretrainJob {
         }
 
         let weights = output_dir.join("model.safetensors");
-        write_atomic(&weights, &to_safetensors(&trainer.model)?)
-            .with_context(|| format!("cannot write {}", weights.display()))?;
-        let config_path = output_dir.join("config.json");
-        write_atomic(
-            &config_path,
-            config.to_hf_json("BertForPreTraining").as_bytes(),
-        )
-        .with_context(|| format!("cannot write {}", config_path.display()))?;
+        if is_root {
+            write_atomic(&weights, &to_safetensors(&trainer.model)?)
+                .with_context(|| format!("cannot write {}", weights.display()))?;
+            let config_path = output_dir.join("config.json");
+            write_atomic(
+                &config_path,
+                config.to_hf_json("BertForPreTraining").as_bytes(),
+            )
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+        }
         log.log(
             json!([]),
             json!({
@@ -534,7 +596,7 @@ mod tests {
                     )
                 })
                 .collect();
-            let report = trainer.train_step(&micro_batches);
+            let report = trainer.train_step(&micro_batches).unwrap();
             let reference = &manifest["per_step"][step];
             assert!(
                 (report.loss - reference["loss"].as_f64().unwrap()).abs() < 1e-5,

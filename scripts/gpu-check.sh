@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The CUDA check of docs/benchmarks.md, in two halves (the GPU machine has no Rust toolchain and
+# no internet, so the binary is built here and carried there):
+#
+#   scripts/gpu-check.sh prepare       here: builds bert-native --features cuda (release) and packs
+#                                      it (stripped, xz) into gpu-carry/
+#   scripts/gpu-check.sh run [OUTDIR]  on the GPU machine, from the repository root with gpu-carry/:
+#     1. correctness at tf32, bf16 and fp16: the PyTorch reference's 4-step pretraining trajectory
+#        (tests/fixtures/pretrain) on CUDA (bench/gpu/trajectory.py), and the golden forward cases'
+#        inputs through a BERT-base on CUDA against the CPU backend's float32 (bench/gpu/compare.py);
+#     2. SQuAD inference (BERT-large, seq 384, batch 8) and BERT-large phase-1 pretraining steps
+#        (seq 128, batch $PRETRAIN_BATCH, 20 masked positions) per precision, then PyTorch on the
+#        same card with torch.autocast (bench/gpu/torch_bert.py), one JSON line each, and the ratios.
+# Every command has its own time limit, so one failure or hang does not cost the rest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:?usage: scripts/gpu-check.sh prepare|run [OUTDIR]}
+
+if [ "$MODE" = prepare ]; then
+    set -e
+    TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    cargo build --release -p bert-native --features cuda
+    rm -rf gpu-carry && mkdir -p gpu-carry
+    strip -o gpu-carry/bert-native "$TARGET/release/bert-native"
+    xz -T0 -6 gpu-carry/bert-native
+    du -sh gpu-carry
+    exit 0
+fi
+[ "$MODE" = run ] || { echo "unknown mode $MODE: prepare or run" >&2; exit 2; }
+
+OUTDIR=${2:-${OUT:-gpu-out}}
+mkdir -p "$OUTDIR"
+PY=${PYTHON:-python3}
+PRETRAIN_BATCH=${PRETRAIN_BATCH:-64}
+# The whole run stops by this many seconds (device time is scarce): each command gets at most its
+# own limit and never more than what is left.
+DEADLINE=$((SECONDS + ${BUDGET_S:-480}))
+WORK=$(mktemp -d)
+BIN=$WORK/bert-native
+"$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+    gpu-carry/bert-native.xz "$BIN" && chmod +x "$BIN"
+RESULTS=$OUTDIR/results.jsonl
+: > "$RESULTS"
+log() { echo "== $* ($SECONDS s) ==" >&2; }
+record() { tee -a "$RESULTS"; }
+limited() {  # limited CAP_SECONDS COMMAND...: runs COMMAND for at most CAP or what is left
+    local cap=$1 left=$((DEADLINE - SECONDS))
+    shift
+    [ "$left" -gt 5 ] || { echo "skipped (out of time): $*" >&2; return 124; }
+    # -k: bert-native finishes its current step on SIGTERM; a step stuck compiling must still end.
+    timeout -k 10 $((cap < left ? cap : left)) "$@" 2>>"$OUTDIR/stderr.txt"
+}
+
+log device
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTDIR/device.txt"
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$OUTDIR/device.txt"
+
+log "correctness: the reference's pretraining trajectory on CUDA"
+FAILED=0
+G=tests/fixtures/pretrain
+for precision in tf32 bf16 fp16; do
+    # A fixed loss scale for fp16 here: a dynamic one may skip the first steps, and then the
+    # steps would see other batches than the reference's.
+    SCALE=(); [ "$precision" = fp16 ] && SCALE=(--loss-scale 4096)
+    rm -rf "$WORK/trajectory"
+    if limited 90 "$BIN" pretrain --config-file $G/config.json --init-checkpoint $G/init.safetensors \
+        --input-dir $G/data --output-dir "$WORK/trajectory" --train-batch-size 16 --gradient-accumulation-steps 2 \
+        --max-steps 4 --learning-rate 1e-3 --warmup-proportion 0.5 --max-seq-length 128 --max-predictions-per-seq 20 \
+        --seed 1 --no-shuffle --disable-progress-bar --skip-checkpoint --backend cuda --precision "$precision" "${SCALE[@]}"; then
+        "$PY" bench/gpu/trajectory.py "$WORK/trajectory/dllogger.json" $G/manifest.json "$precision" | record || FAILED=1
+    else
+        echo "{\"check\": \"pretrain-trajectory\", \"precision\": \"$precision\", \"pass\": false, \"error\": \"pretrain failed\"}" | record
+        FAILED=1
+    fi
+done
+
+log "correctness: BERT-base forward on CUDA against the CPU backend"
+"$PY" bench/gpu/random_bert.py "$WORK/base" --config base
+for case in padded_batch squad_384; do
+    CASE=tests/fixtures/forward/cases/$case.safetensors
+    "$PY" bench/gpu/compare.py write-input "$CASE" "$WORK/$case.json"
+    limited 120 "$BIN" encode --model "$WORK/base" --input "$WORK/$case.json" \
+        --backend ndarray --output "$WORK/$case.cpu.safetensors"
+    for precision in tf32 bf16 fp16; do
+        if limited 90 "$BIN" encode --model "$WORK/base" --input "$WORK/$case.json" \
+            --backend cuda --precision "$precision" --output "$WORK/$case.$precision.safetensors"; then
+            "$PY" bench/gpu/compare.py compare "$CASE" "$WORK/$case.cpu.safetensors" \
+                "$WORK/$case.$precision.safetensors" "$precision" | sed "s/^{/{\"case\": \"$case\", /" | record \
+                || FAILED=1
+        else
+            echo "{\"case\": \"$case\", \"precision\": \"$precision\", \"pass\": false, \"error\": \"encode failed\"}" | record
+            FAILED=1
+        fi
+    done
+done
+
+log "squad inference (large, seq 384, batch 8)"
+for precision in tf32 bf16 fp16; do
+    limited 90 "$BIN" bench squad-inference --config large --seq 384 --batch 8 --iterations 10 --warmup 3 \
+        --backend cuda --precision "$precision" | record
+done
+limited 90 "$PY" bench/gpu/torch_bert.py squad-inference --config large --seq 384 --batch 8 --steps 10 \
+    --warmup 3 --precision fp32,tf32,bf16,fp16 | record
+
+log "pretraining steps (large, seq 128, batch $PRETRAIN_BATCH)"
+limited 120 "$PY" bench/gpu/torch_bert.py pretrain --config large --seq 128 --batch "$PRETRAIN_BATCH" --max-pred 20 \
+    --steps 5 --warmup 2 --precision fp32,tf32,bf16,fp16 | record
+for precision in bf16 fp16 tf32; do
+    limited 120 "$BIN" bench pretrain --config large --seq 128 --batch "$PRETRAIN_BATCH" --max-pred 20 --steps 5 \
+        --warmup 2 --backend cuda --precision "$precision" | record
+done
+
+log ratios
+"$PY" - "$RESULTS" <<'PY' | tee "$OUTDIR/ratios.txt"
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+speed = lambda r: r.get("training_sequences_per_second") or r.get("inference_sequences_per_second")
+for bench in ("squad-inference", "pretrain"):
+    ours = {r["precision"]: speed(r) for r in rows if r.get("benchmark") == bench and not r["backend"].startswith("pytorch")}
+    theirs = {r["precision"]: speed(r) for r in rows if r.get("benchmark") == bench and r["backend"].startswith("pytorch")}
+    for precision in ("tf32", "bf16", "fp16"):
+        if precision in ours and precision in theirs:
+            print(f"{bench} {precision}: bert-native {ours[precision]:.1f} seq/s, PyTorch {theirs[precision]:.1f} seq/s, ratio {ours[precision] / theirs[precision]:.2f}")
+PY
+cp "$OUTDIR/stderr.txt" "$OUTDIR/stderr-full.txt" 2>/dev/null
+exit $FAILED
