@@ -44,16 +44,37 @@ RESULTS=$OUTDIR/results.jsonl
 log() { echo "== $* ($SECONDS s) ==" >&2; }
 record() { tee -a "$RESULTS"; }
 limited() {  # limited CAP_SECONDS COMMAND...: runs COMMAND for at most CAP or what is left
-    local cap=$1 left=$((DEADLINE - SECONDS))
+    local cap=$1 left=$((DEADLINE - SECONDS)) started=$SECONDS status=0
     shift
     [ "$left" -gt 5 ] || { echo "skipped (out of time): $*" >&2; return 124; }
     # -k: bert-native finishes its current step on SIGTERM; a step stuck compiling must still end.
-    timeout -k 10 $((cap < left ? cap : left)) "$@" 2>>"$OUTDIR/stderr.txt"
+    timeout -k 10 $((cap < left ? cap : left)) "$@" 2>>"$OUTDIR/stderr.txt" || status=$?
+    # Wall time of every command (start-up and kernel compilation included), for the record.
+    printf '{"seconds": %d, "status": %d, "command": "%s"}\n' $((SECONDS - started)) "$status" "$*" \
+        >> "$OUTDIR/timings.jsonl"
+    return "$status"
 }
 
 log device
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTDIR/device.txt"
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$OUTDIR/device.txt"
+
+log "start-up probe: one small forward pass per precision, kernel compilations logged"
+# burn-cuda compiles each fused kernel (NVRTC) and autotunes products on first use, per process;
+# on the first H200 run that start-up took minutes. Count it before anything is timed.
+mkdir -p "$WORK/tiny"
+cp tests/fixtures/pretrain/config.json "$WORK/tiny/"
+cp tests/fixtures/pretrain/init.safetensors "$WORK/tiny/model.safetensors"
+"$PY" bench/gpu/compare.py write-input tests/fixtures/forward/cases/padded_batch.safetensors "$WORK/probe.json"
+for precision in tf32 bf16; do
+    PROBE_LOG=$WORK/cubecl-probe-$precision.log
+    CUBECL_DEBUG_LOG=$PROBE_LOG limited 60 "$BIN" encode --model "$WORK/tiny" \
+        --input "$WORK/probe.json" --backend cuda --precision "$precision" --output "$WORK/probe.safetensors"
+    # The full log holds every kernel's source: keep its size, a count and its beginning.
+    echo "$precision probe: $(wc -c < "$PROBE_LOG" 2>/dev/null || echo 0) bytes of log," \
+        "$(grep -ci compil "$PROBE_LOG" 2>/dev/null || echo 0) lines mentioning compilation" | tee -a "$OUTDIR/probe.txt" >&2
+    head -c 200000 "$PROBE_LOG" > "$OUTDIR/cubecl-probe-$precision-head.log" 2>/dev/null
+done
 
 log "correctness: the reference's pretraining trajectory on CUDA"
 FAILED=0

@@ -1,7 +1,6 @@
 //! `bert-native bench forward`: times the forward pass of a model folder on a fixed batch.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Result};
 use bert_core::model::{BertForQuestionAnswering, Precision, TokenBatch};
@@ -10,7 +9,7 @@ use bert_core::BertConfig;
 use burn::tensor::backend::Backend;
 use clap::Args;
 
-use super::{synthetic_row, timing_summary};
+use super::{synthetic_row, time_iterations, timing_summary, Timings};
 use crate::backend::{self, BackendKind, Job};
 use crate::precision::check_backend;
 
@@ -54,7 +53,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     let batch = synthetic_batch(args.batch_size, args.seq_len, config.vocab_size);
     batch.validate(&config)?;
     let backend_name = args.backend.to_string();
-    let mut times_ms = backend::run(
+    let mut timings = backend::run(
         args.backend,
         BenchJob {
             files,
@@ -65,7 +64,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
             precision: args.precision,
         },
     )?;
-    let summary = timing_summary(&mut times_ms, args.batch_size);
+    let summary = timing_summary(&mut timings.timed_ms, args.batch_size);
     let json = serde_json::json!({
         "benchmark": "forward",
         "backend": backend_name,
@@ -74,6 +73,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         "seq_len": args.seq_len,
         "iterations": args.iterations,
         "latency_ms": summary.latency_ms,
+        "first_iteration_ms": timings.first_ms,
         "inference_sequences_per_second": summary.sequences_per_second,
     });
     println!("{json}");
@@ -101,13 +101,13 @@ struct BenchJob {
 }
 
 impl Job for BenchJob {
-    type Output = Vec<f64>;
+    type Output = Timings;
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<f64>> {
+    fn run<B: Backend>(self, device: B::Device) -> Result<Timings> {
         let mut loaded = load_model::<B>(&self.files, &self.extra_weights, &device)?;
         loaded.model.bert.precision = self.precision;
         let input = self.batch.to_input::<B>(&loaded.config, &device)?;
-        Ok(time_iterations(self.warmup, self.iterations, || {
+        time_iterations(self.warmup, self.iterations, || {
             let outputs = loaded.model.forward(input.clone());
             // Reading results back waits for the device to finish the pass (the span head too,
             // when there is one, as a question-answering service would).
@@ -115,21 +115,9 @@ impl Job for BenchJob {
             if let Some(start_logits) = outputs.start_logits {
                 let _ = start_logits.into_data();
             }
-        }))
+            Ok(())
+        })
     }
-}
-
-/// Milliseconds of each of `iterations` calls of `pass`, after `warmup` untimed ones.
-fn time_iterations(warmup: usize, iterations: usize, mut pass: impl FnMut()) -> Vec<f64> {
-    let mut times_ms = Vec::with_capacity(iterations);
-    for i in 0..warmup + iterations {
-        let start = Instant::now();
-        pass();
-        if i >= warmup {
-            times_ms.push(start.elapsed().as_secs_f64() * 1000.0);
-        }
-    }
-    times_ms
 }
 
 /// Arguments of `bench squad-inference`.
@@ -168,7 +156,7 @@ pub fn run_squad_inference(args: SquadInferenceArgs) -> Result<()> {
     let batch = synthetic_batch(args.batch, args.seq, config.vocab_size);
     batch.validate(&config)?;
     let backend_name = args.backend.to_string();
-    let mut times_ms = backend::run(
+    let mut timings = backend::run(
         args.backend,
         SquadInferenceJob {
             config,
@@ -178,7 +166,7 @@ pub fn run_squad_inference(args: SquadInferenceArgs) -> Result<()> {
             precision: args.precision,
         },
     )?;
-    let summary = timing_summary(&mut times_ms, args.batch);
+    let summary = timing_summary(&mut timings.timed_ms, args.batch);
     println!(
         "{}",
         serde_json::json!({
@@ -190,6 +178,7 @@ pub fn run_squad_inference(args: SquadInferenceArgs) -> Result<()> {
             "seq_len": args.seq,
             "iterations": args.iterations,
             "latency_ms": summary.latency_ms,
+            "first_iteration_ms": timings.first_ms,
             "inference_sequences_per_second": summary.sequences_per_second,
         })
     );
@@ -205,15 +194,16 @@ struct SquadInferenceJob {
 }
 
 impl Job for SquadInferenceJob {
-    type Output = Vec<f64>;
+    type Output = Timings;
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<Vec<f64>> {
+    fn run<B: Backend>(self, device: B::Device) -> Result<Timings> {
         let mut model = BertForQuestionAnswering::<B>::new(&self.config, &device);
         model.bert.precision = self.precision;
         let input = self.batch.to_input::<B>(&self.config, &device)?;
-        Ok(time_iterations(self.warmup, self.iterations, || {
+        time_iterations(self.warmup, self.iterations, || {
             let (start, end) = model.forward(input.clone());
             let _ = (start.into_data(), end.into_data());
-        }))
+            Ok(())
+        })
     }
 }

@@ -28,6 +28,38 @@ pub fn run(command: BenchCommand) -> Result<()> {
     }
 }
 
+/// Wall times of a benchmark's iterations.
+#[derive(Debug, Clone, Default)]
+struct Timings {
+    /// The very first iteration (warm-up included): on GPU backends it holds kernel compilation
+    /// and autotuning, which every new process pays once.
+    first_ms: f64,
+    /// The timed iterations, after the warm-up.
+    timed_ms: Vec<f64>,
+}
+
+/// Times `warmup` untimed then `iterations` timed calls of `pass` (which must wait for the
+/// device: reading a result back does).
+fn time_iterations(
+    warmup: usize,
+    iterations: usize,
+    mut pass: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Timings> {
+    let mut timings = Timings::default();
+    for i in 0..warmup + iterations {
+        let start = std::time::Instant::now();
+        pass()?;
+        let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+        if i == 0 {
+            timings.first_ms = elapsed_ms;
+        }
+        if i >= warmup {
+            timings.timed_ms.push(elapsed_ms);
+        }
+    }
+    Ok(timings)
+}
+
 /// Latency percentiles of the timed iterations, and the throughput they imply.
 #[derive(Debug, Clone)]
 struct TimingSummary {

@@ -2,7 +2,6 @@
 //! NVLAMB) for a configuration, on synthetic shards of the given shape.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bert_core::data::ShardArrays;
@@ -14,7 +13,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args;
 
-use super::{synthetic_row, timing_summary};
+use super::{synthetic_row, time_iterations, timing_summary, Timings};
 use crate::backend::{self, BackendKind, Job};
 use crate::precision::PrecisionArgs;
 
@@ -70,7 +69,7 @@ pub fn run(args: PretrainBenchArgs) -> Result<()> {
     };
     let shard = synthetic_shard(args.batch, args.seq, args.max_pred, config.vocab_size);
     let backend_name = args.backend.to_string();
-    let (mut times_ms, skipped_steps) = backend::run(
+    let (mut timings, skipped_steps) = backend::run(
         args.backend,
         PretrainBench {
             config: config.clone(),
@@ -80,7 +79,7 @@ pub fn run(args: PretrainBenchArgs) -> Result<()> {
             precision: args.precision.clone(),
         },
     )?;
-    let summary = timing_summary(&mut times_ms, args.batch);
+    let summary = timing_summary(&mut timings.timed_ms, args.batch);
     let json = serde_json::json!({
         "benchmark": "pretrain",
         "backend": backend_name,
@@ -92,6 +91,7 @@ pub fn run(args: PretrainBenchArgs) -> Result<()> {
         "max_pred": args.max_pred,
         "steps": args.steps,
         "step_ms": summary.latency_ms,
+        "first_step_ms": timings.first_ms,
         "training_sequences_per_second": summary.sequences_per_second,
         "skipped_steps": skipped_steps,
     });
@@ -138,23 +138,19 @@ struct PretrainBench {
 
 impl Job for PretrainBench {
     /// Step times and the steps skipped for overflow.
-    type Output = (Vec<f64>, u64);
+    type Output = (Timings, u64);
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<(Vec<f64>, u64)> {
+    fn run<B: Backend>(self, device: B::Device) -> Result<(Timings, u64)> {
         let mut model = BertForPreTraining::<Autodiff<B>>::new(&self.config, &device);
         model.bert.precision = self.precision.precision;
         let schedule = LrSchedule::poly_warm_up(6e-3, 0.2843, 7038);
         let mut trainer = Pretrainer::new(model, LambConfig::default(), schedule, 42, device);
         trainer.loss_scaler = self.precision.loss_scaler();
-        let mut times_ms = Vec::with_capacity(self.steps);
-        for step in 0..self.warmup + self.steps {
-            let started = Instant::now();
+        let timings = time_iterations(self.warmup, self.steps, || {
             // The report reads the loss back, so the step has finished on the device.
             trainer.train_step(std::slice::from_ref(&self.shard))?;
-            if step >= self.warmup {
-                times_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-            }
-        }
-        Ok((times_ms, trainer.loss_scaler.skipped_steps))
+            Ok(())
+        })?;
+        Ok((timings, trainer.loss_scaler.skipped_steps))
     }
 }
