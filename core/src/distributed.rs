@@ -15,6 +15,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
 use crate::error::CollectiveError;
+use crate::optim::params::with_value;
 use crate::optim::NamedParam;
 
 /// Sums and broadcasts of equal-length buffers among the ranks of a job.
@@ -150,12 +151,7 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Broadcast<'_, AB> {
                     TensorData::new(values, [numel]),
                     &device,
                 );
-                let updated = Tensor::from_inner(inner.reshape(shape));
-                if tensor.is_require_grad() {
-                    updated.require_grad()
-                } else {
-                    updated
-                }
+                with_value(&tensor, inner.reshape(shape))
             }
             Err(error) => {
                 self.error = Some(error);

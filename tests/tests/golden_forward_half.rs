@@ -10,38 +10,36 @@ use burn::backend::flex::{Flex, FlexDevice};
 
 const CASES: [&str; 3] = ["padded_batch", "sentence_pair", "squad_384"];
 
-#[test]
-fn bf16_products_stay_close_to_fp32() {
+/// Runs every case at `precision` within `bounds` and prints what it measured.
+fn check_cases(precision: Precision, bounds: HalfPrecisionBounds) {
     for case in CASES {
-        let figures = check_case_at_precision::<Flex>(
-            case,
-            Precision::Bf16,
-            HalfPrecisionBounds {
-                min_token_cosine: 0.9995,
-                max_span_logit_diff: 0.05,
-                min_mlm_agreement: 0.75,
-            },
-            &FlexDevice,
-        );
-        eprintln!("bf16 {case}: {figures:?}");
+        let figures = check_case_at_precision::<Flex>(case, precision, bounds, &FlexDevice);
+        eprintln!("{precision} {case}: {figures:?}");
     }
 }
 
 #[test]
+fn bf16_products_stay_close_to_fp32() {
+    check_cases(
+        Precision::Bf16,
+        HalfPrecisionBounds {
+            min_token_cosine: 0.9995,
+            max_span_logit_diff: 0.05,
+            min_mlm_agreement: 0.75,
+        },
+    );
+}
+
+#[test]
 fn fp16_products_stay_close_to_fp32() {
-    for case in CASES {
-        let figures = check_case_at_precision::<Flex>(
-            case,
-            Precision::Fp16,
-            HalfPrecisionBounds {
-                min_token_cosine: 0.99999,
-                max_span_logit_diff: 0.01,
-                min_mlm_agreement: 1.0,
-            },
-            &FlexDevice,
-        );
-        eprintln!("fp16 {case}: {figures:?}");
-    }
+    check_cases(
+        Precision::Fp16,
+        HalfPrecisionBounds {
+            min_token_cosine: 0.99999,
+            max_span_logit_diff: 0.01,
+            min_mlm_agreement: 1.0,
+        },
+    );
 }
 
 mod training {

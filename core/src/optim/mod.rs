@@ -4,7 +4,7 @@
 
 pub mod lamb;
 pub mod loss_scale;
-mod params;
+pub(crate) mod params;
 pub mod schedule;
 
 pub use lamb::{squared_grad_norm, Lamb, LambConfig, LambStep, Moments, NamedParam, TrustRatio};

@@ -117,16 +117,24 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Scatter<AB> {
         let tensor = match self.updates.remove(&id) {
             Some((shape, value)) => {
                 let shape: [usize; D] = shape.try_into().expect("rank is preserved");
-                let updated = Tensor::from_inner(value.reshape(shape));
-                if tensor.is_require_grad() {
-                    updated.require_grad()
-                } else {
-                    updated
-                }
+                with_value(&tensor, value.reshape(shape))
             }
             None => tensor,
         };
         Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// A parameter tensor holding `value` instead of `tensor`'s, tracked for gradients as it was.
+pub(crate) fn with_value<AB: AutodiffBackend, const D: usize>(
+    tensor: &Tensor<AB, D>,
+    value: Tensor<AB::InnerBackend, D>,
+) -> Tensor<AB, D> {
+    let updated = Tensor::from_inner(value);
+    if tensor.is_require_grad() {
+        updated.require_grad()
+    } else {
+        updated
     }
 }
 
