@@ -5,6 +5,8 @@
 #   scripts/gpu-check.sh prepare       here: builds bert-native --features cuda (release) and packs
 #                                      it (stripped, xz) into gpu-carry/
 #   scripts/gpu-check.sh run [OUTDIR]  on the GPU machine, from the repository root with gpu-carry/:
+#     0. start-up (kernel compilation, cold and with the kernel caches warm) and NCCL's
+#        all-reduce on burn-cuda's buffers (bench allreduce, checked sums);
 #     1. correctness at tf32, bf16 and fp16: the PyTorch reference's 4-step pretraining trajectory
 #        (tests/fixtures/pretrain) on CUDA (bench/gpu/trajectory.py), and the golden forward cases'
 #        inputs through a BERT-base on CUDA against the CPU backend's float32 (bench/gpu/compare.py);
@@ -59,6 +61,7 @@ log device
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTDIR/device.txt"
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$OUTDIR/device.txt"
 
+FAILED=0
 log "start-up probe: one small forward pass per precision, kernel compilations logged"
 # burn-cuda compiles each fused kernel (NVRTC) and autotunes products on first use, per process;
 # on the first H200 run that start-up took minutes. Count it before anything is timed.
@@ -66,18 +69,31 @@ mkdir -p "$WORK/tiny"
 cp tests/fixtures/pretrain/config.json "$WORK/tiny/"
 cp tests/fixtures/pretrain/init.safetensors "$WORK/tiny/model.safetensors"
 "$PY" bench/gpu/compare.py write-input tests/fixtures/forward/cases/padded_batch.safetensors "$WORK/probe.json"
-for precision in tf32 bf16; do
+# The kernel caches (compiled PTX, autotune results) start empty; the second tf32 probe shows
+# what they save a later process.
+export BERT_RS_KERNEL_CACHE=$WORK/kernels
+for precision in tf32 tf32-again bf16; do
     PROBE_LOG=$WORK/cubecl-probe-$precision.log
     CUBECL_DEBUG_LOG=$PROBE_LOG limited 60 "$BIN" encode --model "$WORK/tiny" \
-        --input "$WORK/probe.json" --backend cuda --precision "$precision" --output "$WORK/probe.safetensors"
+        --input "$WORK/probe.json" --backend cuda --precision "${precision%-again}" --output "$WORK/probe.safetensors"
     # The full log holds every kernel's source: keep its size, a count and its beginning.
     echo "$precision probe: $(wc -c < "$PROBE_LOG" 2>/dev/null || echo 0) bytes of log," \
         "$(grep -ci compil "$PROBE_LOG" 2>/dev/null || echo 0) lines mentioning compilation" | tee -a "$OUTDIR/probe.txt" >&2
     head -c 200000 "$PROBE_LOG" > "$OUTDIR/cubecl-probe-$precision-head.log" 2>/dev/null
 done
 
+log "NCCL: the gradient all-reduce of BERT-large on the device buffers (world size 1), checked"
+# PyTorch's wheel carries NCCL as libnccl.so.2; cudarc looks for libnccl.so.
+NCCL_LIB=$("$PY" -c 'import glob, os, torch; print(next(iter(glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "nccl", "lib", "libnccl.so*"))), ""))')
+if [ -n "$NCCL_LIB" ]; then
+    mkdir -p "$WORK/nccl" && ln -sf "$(realpath "$NCCL_LIB")" "$WORK/nccl/libnccl.so"
+    export LD_LIBRARY_PATH=$WORK/nccl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+for half in "" --half; do
+    limited 60 "$BIN" bench allreduce --backend cuda --collective nccl --iterations 10 $half | record || FAILED=1
+done
+
 log "correctness: the reference's pretraining trajectory on CUDA"
-FAILED=0
 G=tests/fixtures/pretrain
 for precision in tf32 bf16 fp16; do
     # A fixed loss scale for fp16 here: a dynamic one may skip the first steps, and then the

@@ -5,14 +5,16 @@
 //!
 //! The ranks talk through a [`Collective`]: sums and broadcasts of float buffers. [`LocalGroup`]
 //! connects ranks that are threads of one process; `bert-native` adds one over TCP for processes
-//! and nodes. The averaging, the half-precision option and the broadcast of a model live here, once.
+//! and nodes, and NCCL on CUDA devices (a [`DeviceAllReduce`]: the gradients stay on the GPU).
+//! The averaging, the half-precision option and the broadcast of a model live here, once.
 
+use std::any::Any;
 use std::fmt::Debug;
 use std::sync::{Arc, Barrier, Mutex};
 
 use burn::module::{AutodiffModule, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 
 use crate::error::CollectiveError;
 use crate::optim::params::with_value;
@@ -29,6 +31,19 @@ pub trait Collective: Send + Sync + Debug {
     fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), CollectiveError>;
     /// Replaces `values` on every rank by rank 0's.
     fn broadcast_from_root(&self, values: &mut [f32]) -> Result<(), CollectiveError>;
+    /// The all-reduce on device memory this collective has (NCCL on GPU buffers), if any; the
+    /// gradients then never leave the device.
+    fn device_all_reduce(&self) -> Option<&dyn DeviceAllReduce> {
+        None
+    }
+}
+
+/// An all-reduce that sums tensors where they live, without copies through the host.
+pub trait DeviceAllReduce {
+    /// Replaces `tensor`, a backend's float primitive holding one contiguous flat tensor, by its
+    /// element-wise sum over the ranks. `Ok(false)` leaves it untouched: it is not on a device this
+    /// all-reduce reaches (the caller then sums through the host).
+    fn all_reduce_sum(&self, tensor: &mut dyn Any) -> Result<bool, CollectiveError>;
 }
 
 /// A trainer's link to the other ranks.
@@ -36,9 +51,9 @@ pub trait Collective: Send + Sync + Debug {
 pub struct DataParallel {
     /// The ranks' collective.
     pub collective: Arc<dyn Collective>,
-    /// Round gradients to float16 before the all-reduce, as the reference's
-    /// `--allreduce_post_accumulation_fp16` does (its numerics: the host collectives here still
-    /// send float32).
+    /// Reduce the gradients in float16, as the reference's `--allreduce_post_accumulation_fp16`
+    /// (a device all-reduce sends half the bytes; through the host, the values are rounded to
+    /// float16 and sent as float32).
     pub reduce_in_half: bool,
 }
 
@@ -50,16 +65,9 @@ impl DataParallel {
         losses: &mut [Tensor<B, 1>],
     ) -> Result<(), CollectiveError> {
         let world_size = self.collective.world_size();
-        if world_size == 1 {
+        if world_size == 1 || (params.is_empty() && losses.is_empty()) {
             return Ok(());
         }
-        let Some(device) = params
-            .first()
-            .map(|p| p.grad.device())
-            .or_else(|| losses.first().map(|l| l.device()))
-        else {
-            return Ok(());
-        };
         let lengths: Vec<usize> = params
             .iter()
             .map(|p| p.grad.dims()[0])
@@ -70,17 +78,10 @@ impl DataParallel {
             .map(|p| p.grad.clone())
             .chain(losses.iter().cloned())
             .collect();
-        let mut values = read_f32(Tensor::cat(pieces, 0))?;
-        if self.reduce_in_half {
-            values
-                .iter_mut()
-                .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
-        }
-        self.collective.all_reduce_sum(&mut values)?;
-        let scale = 1.0 / world_size as f32;
-        values.iter_mut().for_each(|v| *v *= scale);
-        let total = values.len();
-        let averaged = Tensor::<B, 1>::from_data(TensorData::new(values, [total]), &device);
+        // As the reference: divide first, so a half-precision sum cannot overflow where the mean
+        // would not.
+        let flat = Tensor::cat(pieces, 0) * (1.0 / world_size as f64);
+        let averaged = self.all_reduce_sum(flat)?;
         let mut offset = 0;
         let mut slices = lengths.into_iter().map(|length| {
             let slice = averaged.clone().narrow(0, offset, length);
@@ -94,6 +95,53 @@ impl DataParallel {
             *loss = slices.next().expect("one slice per loss");
         }
         Ok(())
+    }
+
+    /// The element-wise sum over the ranks of a flat float32 tensor (in float16 on the way when
+    /// [`Self::reduce_in_half`]), where it lives when the collective reaches device memory
+    /// ([`Collective::device_all_reduce`]), through host memory otherwise. Runs at world size 1
+    /// too (the sum is then the tensor, through the same path). A device all-reduce writes the sum
+    /// into `flat`'s buffer: pass a tensor of its own (a computed one), not a clone of one in use.
+    pub fn all_reduce_sum<B: Backend>(
+        &self,
+        flat: Tensor<B, 1>,
+    ) -> Result<Tensor<B, 1>, CollectiveError> {
+        let device = flat.device();
+        if let Some(device_all_reduce) = self.collective.device_all_reduce() {
+            let flat = if self.reduce_in_half {
+                flat.cast(DType::F16)
+            } else {
+                flat
+            };
+            let mut primitive = flat.into_primitive().tensor();
+            if device_all_reduce.all_reduce_sum(&mut primitive)? {
+                return Ok(
+                    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(primitive))
+                        .cast(DType::F32),
+                );
+            }
+            return self.all_reduce_sum_on_host(
+                Tensor::from_primitive(TensorPrimitive::Float(primitive)),
+                &device,
+            );
+        }
+        self.all_reduce_sum_on_host(flat, &device)
+    }
+
+    fn all_reduce_sum_on_host<B: Backend>(
+        &self,
+        flat: Tensor<B, 1>,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 1>, CollectiveError> {
+        let mut values = read_f32(flat)?;
+        if self.reduce_in_half {
+            values
+                .iter_mut()
+                .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+        }
+        self.collective.all_reduce_sum(&mut values)?;
+        let total = values.len();
+        Ok(Tensor::from_data(TensorData::new(values, [total]), device))
     }
 
     /// `module` with every float parameter replaced by rank 0's.
@@ -257,6 +305,95 @@ impl Collective for LocalRank {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::backend::NdArray;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A stand-in for a device collective: sums NdArray tensors through a [`LocalRank`], counting
+    /// the tensors it was handed.
+    #[derive(Debug)]
+    struct CountingDeviceRank {
+        rank: LocalRank,
+        device_sums: AtomicUsize,
+    }
+
+    impl Collective for CountingDeviceRank {
+        fn rank(&self) -> usize {
+            self.rank.rank()
+        }
+        fn world_size(&self) -> usize {
+            self.rank.world_size()
+        }
+        fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), CollectiveError> {
+            self.rank.all_reduce_sum(values)
+        }
+        fn broadcast_from_root(&self, values: &mut [f32]) -> Result<(), CollectiveError> {
+            self.rank.broadcast_from_root(values)
+        }
+        fn device_all_reduce(&self) -> Option<&dyn DeviceAllReduce> {
+            Some(self)
+        }
+    }
+
+    impl DeviceAllReduce for CountingDeviceRank {
+        fn all_reduce_sum(&self, tensor: &mut dyn Any) -> Result<bool, CollectiveError> {
+            let Some(primitive) = tensor.downcast_mut::<burn::tensor::ops::FloatTensor<NdArray>>()
+            else {
+                return Ok(false);
+            };
+            let flat =
+                Tensor::<NdArray, 1>::from_primitive(TensorPrimitive::Float(primitive.clone()));
+            let mut values = read_f32(flat)?;
+            self.rank.all_reduce_sum(&mut values)?;
+            let total = values.len();
+            *primitive = Tensor::<NdArray, 1>::from_data(
+                TensorData::new(values, [total]),
+                &Default::default(),
+            )
+            .into_primitive()
+            .tensor();
+            self.device_sums.fetch_add(1, Ordering::SeqCst);
+            Ok(true)
+        }
+    }
+
+    #[test]
+    fn averaging_goes_through_the_device_all_reduce_when_the_collective_has_one() {
+        let handles: Vec<_> = LocalGroup::ranks(2)
+            .into_iter()
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    let collective = Arc::new(CountingDeviceRank {
+                        rank,
+                        device_sums: AtomicUsize::new(0),
+                    });
+                    let data_parallel = DataParallel {
+                        collective: Arc::clone(&collective) as Arc<dyn Collective>,
+                        reduce_in_half: false,
+                    };
+                    let r = collective.rank() as f32;
+                    let device = Default::default();
+                    let mut losses = vec![
+                        Tensor::<NdArray, 1>::from_floats([r + 1.0], &device),
+                        Tensor::<NdArray, 1>::from_floats([10.0 * (r + 1.0)], &device),
+                    ];
+                    data_parallel
+                        .average::<NdArray>(&mut [], &mut losses)
+                        .unwrap();
+                    let means: Vec<f32> =
+                        losses.into_iter().map(|loss| loss.into_scalar()).collect();
+                    (means, collective.device_sums.load(Ordering::SeqCst))
+                })
+            })
+            .collect();
+        for handle in handles {
+            let (means, device_sums) = handle.join().unwrap();
+            assert_eq!(means, vec![1.5, 15.0]);
+            assert_eq!(
+                device_sums, 1,
+                "one all-reduce per step, on the device path"
+            );
+        }
+    }
 
     #[test]
     fn local_ranks_sum_in_rank_order_and_broadcast_rank_zero() {

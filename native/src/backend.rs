@@ -75,6 +75,7 @@ fn run_wgpu<J: Job>(_job: J) -> Result<J::Output> {
 #[cfg(feature = "cuda")]
 fn run_cuda<J: Job>(device_index: usize, job: J) -> Result<J::Output> {
     cuda_driver_present()?;
+    keep_kernel_caches(device_index);
     catching_panics("cuda", || {
         job.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice {
             index: device_index,
@@ -98,6 +99,77 @@ fn cuda_driver_present() -> Result<()> {
     // SAFETY: the handle came from dlopen above.
     unsafe { libc::dlclose(handle) };
     Ok(())
+}
+
+/// Keeps burn-cuda's compiled kernels (PTX, which cubecl does not cache by default) and its
+/// autotuning results across runs, so that only the first run on a machine pays NVRTC and the
+/// autotuner: under `$BERT_RS_KERNEL_CACHE`, else `~/.cache/bert-rs/kernels`, in a folder per
+/// cubecl version and GPU architecture. A `cubecl.toml` or `burn.toml` found from the working
+/// directory up is cubecl's own configuration and is left to it.
+#[cfg(feature = "cuda")]
+fn keep_kernel_caches(device_index: usize) {
+    use burn_cubecl::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
+
+    let configured_by_file = std::env::current_dir().is_ok_and(|dir| {
+        dir.ancestors().any(|dir| {
+            ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
+                .iter()
+                .any(|name| dir.join(name).is_file())
+        })
+    });
+    if configured_by_file {
+        return;
+    }
+    let Some(root) = std::env::var_os("BERT_RS_KERNEL_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| std::path::Path::new(&home).join(".cache/bert-rs/kernels"))
+        })
+    else {
+        return;
+    };
+    let folder = root.join(format!(
+        "cubecl-{CUBECL_VERSION}-{}",
+        cuda_architecture(device_index).unwrap_or_else(|| "unknown".into())
+    ));
+    let mut config = CubeClRuntimeConfig::default().override_from_env();
+    config.compilation.cache = Some(CacheConfig::File(folder.clone()));
+    config.autotune.cache = CacheConfig::File(folder);
+    let mut current = CubeClRuntimeConfig::storage().lock();
+    // Not yet read by any client: this process's first GPU job.
+    if current.is_none() {
+        *current = Some(std::sync::Arc::new(config));
+    }
+}
+
+/// The cubecl release whose kernels are cached (its code generation changes between releases).
+#[cfg(feature = "cuda")]
+const CUBECL_VERSION: &str = "0.10.0";
+
+/// `sm90` for GPU `device_index` of compute capability 9.0; `None` when the driver cannot say.
+#[cfg(feature = "cuda")]
+fn cuda_architecture(device_index: usize) -> Option<String> {
+    use cudarc::driver::{result, sys::CUdevice_attribute};
+
+    result::init().ok()?;
+    let device = result::device::get(device_index as i32).ok()?;
+    // SAFETY: `device` is a valid ordinal from cuDeviceGet.
+    let (major, minor) = unsafe {
+        (
+            result::device::get_attribute(
+                device,
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+            )
+            .ok()?,
+            result::device::get_attribute(
+                device,
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+            )
+            .ok()?,
+        )
+    };
+    Some(format!("sm{major}{minor}"))
 }
 
 /// GPU runtimes report a missing adapter or driver by panicking; turn that into an error.

@@ -672,6 +672,54 @@ fn two_ranks_through_launch_reproduce_the_single_process_run() {
     }
 }
 
+/// `bench allreduce` runs the pretraining all-reduce alone and checks every rank's sums before it
+/// times anything: three ranks over TCP, in float32 and float16.
+#[test]
+fn the_allreduce_bench_checks_three_ranks_sums() {
+    for half in [false, true] {
+        let port = free_port().to_string();
+        let mut args = vec![
+            "launch",
+            "--nproc-per-node",
+            "3",
+            "--master-port",
+            &port,
+            "--",
+            "bench",
+            "allreduce",
+            "--elements",
+            "5000",
+            "--iterations",
+            "2",
+        ];
+        if half {
+            args.push("--half");
+        }
+        let output = succeed(&args);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let lines: Vec<Value> = stdout
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        assert_eq!(lines.len(), 1, "rank 0 alone reports: {stdout}");
+        let report = &lines[0];
+        assert_eq!(report["world_size"], 3);
+        assert_eq!(report["collective"], "tcp");
+        assert_eq!(report["checked"], true);
+        assert_eq!(report["dtype"], if half { "float16" } else { "float32" });
+        assert!(report["algorithm_bandwidth_gb_s"].as_f64().unwrap() > 0.0);
+    }
+    let output = bert_native(&["bench", "allreduce", "--collective", "nccl"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--collective nccl needs --backend cuda"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// A rank that fails stops the job: `launch` ends the others instead of waiting for them.
 #[test]
 fn a_failing_rank_takes_the_job_down() {

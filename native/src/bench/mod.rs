@@ -1,7 +1,9 @@
-//! `bert-native bench`: throughput and latency of the forward pass (`forward`) and of pretraining
-//! steps (`pretrain`) on synthetic data, one JSON line each, to set beside a reference measured on
-//! the same machine (see `bench/` and `docs/benchmarks.md`).
+//! `bert-native bench`: throughput and latency of the forward pass (`forward`), of pretraining
+//! steps (`pretrain`) and of the data-parallel all-reduce (`allreduce`) on synthetic data, one
+//! JSON line each, to set beside a reference measured on the same machine (see `bench/` and
+//! `docs/benchmarks.md`).
 
+mod allreduce;
 mod forward;
 mod pretrain;
 
@@ -17,6 +19,8 @@ pub enum BenchCommand {
     Pretrain(pretrain::PretrainBenchArgs),
     /// SQuAD inference of a preset (the reference's benchmark: large, seq 384, batch 8).
     SquadInference(forward::SquadInferenceArgs),
+    /// The data-parallel gradient all-reduce alone (run under `launch` for several ranks).
+    Allreduce(allreduce::AllReduceBenchArgs),
 }
 
 /// Runs a benchmark.
@@ -25,6 +29,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Forward(args) => forward::run(args),
         BenchCommand::Pretrain(args) => pretrain::run(args),
         BenchCommand::SquadInference(args) => forward::run_squad_inference(args),
+        BenchCommand::Allreduce(args) => allreduce::run(args),
     }
 }
 

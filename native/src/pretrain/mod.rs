@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bert_core::checkpoint::{to_safetensors, Checkpoint};
-use bert_core::distributed::{Collective, DataParallel};
+use bert_core::distributed::DataParallel;
 use bert_core::io::write_atomic;
 use bert_core::model::BertForPreTraining;
 use bert_core::optim::{LambConfig, LrSchedule, StepOutcome, TrustRatio};
@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::backend::{self, BackendKind, Job};
 use crate::distributed::rendezvous::Rendezvous;
-use crate::distributed::tcp::TcpCollective;
+use crate::distributed::{self, CollectiveKind};
 use crate::dllogger::DlLogger;
 use crate::precision::PrecisionArgs;
 use crate::pretraining_shards::{PretrainingShards, ReaderConfig, ShardExpectation};
@@ -87,6 +87,10 @@ pub struct PretrainArgs {
     /// Round gradients to float16 for the all-reduce (`--allreduce_post_accumulation_fp16`).
     #[arg(long)]
     allreduce_post_accumulation_fp16: bool,
+    /// What sums the gradients of a data-parallel job: NCCL on the GPUs (auto on --backend
+    /// cuda) or TCP through the host (auto elsewhere).
+    #[arg(long, value_enum, default_value_t = CollectiveKind::Auto)]
+    collective: CollectiveKind,
     /// Seed of initialisation, data order and dropout (`--seed`).
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -283,7 +287,7 @@ impl Job for PretrainJob {
             log_path.with_extension(format!("rank{rank}.json"))
         })?;
         let collective = match &job {
-            Some(job) => Some(Arc::new(TcpCollective::connect(job)?)),
+            Some(job) => Some(distributed::connect(job, args.collective, args.backend)?),
             None => None,
         };
         let command_line: Vec<String> = std::env::args().collect();
@@ -355,7 +359,7 @@ impl Job for PretrainJob {
         };
         if let Some(collective) = &collective {
             let data_parallel = DataParallel {
-                collective: Arc::clone(collective) as Arc<dyn Collective>,
+                collective: Arc::clone(collective),
                 reduce_in_half: args.allreduce_post_accumulation_fp16,
             };
             trainer.model = data_parallel.broadcast_module(trainer.model)?;
