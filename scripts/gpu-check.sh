@@ -3,7 +3,8 @@
 # no internet, so the binary is built here and carried there):
 #
 #   scripts/gpu-check.sh prepare       here: builds bert-native --features cuda (release) and packs
-#                                      it (stripped, xz) into gpu-carry/
+#                                      it (stripped, xz) into gpu-carry/ (which keeps a
+#                                      kernel-cache.tar.xz put there from an earlier run's output)
 #   scripts/gpu-check.sh run [OUTDIR]  on the GPU machine, from the repository root with gpu-carry/:
 #     0. start-up (kernel compilation, cold and with the kernel caches warm) and NCCL's
 #        all-reduce on burn-cuda's buffers (bench allreduce, checked sums);
@@ -22,7 +23,7 @@ if [ "$MODE" = prepare ]; then
     set -e
     TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
     cargo build --release -p bert-native --features cuda
-    rm -rf gpu-carry && mkdir -p gpu-carry
+    mkdir -p gpu-carry && rm -f gpu-carry/bert-native gpu-carry/bert-native.xz
     strip -o gpu-carry/bert-native "$TARGET/release/bert-native"
     xz -T0 -6 gpu-carry/bert-native
     du -sh gpu-carry
@@ -69,9 +70,18 @@ mkdir -p "$WORK/tiny"
 cp tests/fixtures/pretrain/config.json "$WORK/tiny/"
 cp tests/fixtures/pretrain/init.safetensors "$WORK/tiny/model.safetensors"
 "$PY" bench/gpu/compare.py write-input tests/fixtures/forward/cases/padded_batch.safetensors "$WORK/probe.json"
-# The kernel caches (compiled PTX, autotune results) start empty; the second tf32 probe shows
-# what they save a later process.
+# The kernel caches (compiled PTX, autotune results) start from the last GPU session's when
+# gpu-carry/kernel-cache.tar.xz holds them (copy a run's $OUTDIR/kernel-cache.tar.xz there; the
+# caches sit in a folder per GPU architecture, so an H100 reuses an H200's choices: autotuning only
+# picks among correct kernels, so a stale choice costs speed, never results); the second tf32
+# probe shows what a warm cache saves a later process.
 export BERT_RS_KERNEL_CACHE=$WORK/kernels
+mkdir -p "$BERT_RS_KERNEL_CACHE"
+if [ -f gpu-carry/kernel-cache.tar.xz ]; then
+    tar -xJf gpu-carry/kernel-cache.tar.xz -C "$BERT_RS_KERNEL_CACHE" && echo "kernel caches: carried in" | tee -a "$OUTDIR/probe.txt" >&2
+else
+    echo "kernel caches: cold" | tee -a "$OUTDIR/probe.txt" >&2
+fi
 for precision in tf32 tf32-again bf16; do
     PROBE_LOG=$WORK/cubecl-probe-$precision.log
     CUBECL_DEBUG_LOG=$PROBE_LOG limited 60 "$BIN" encode --model "$WORK/tiny" \
@@ -159,5 +169,10 @@ for bench in ("squad-inference", "pretrain"):
         if precision in ours and precision in theirs:
             print(f"{bench} {precision}: bert-native {ours[precision]:.1f} seq/s, PyTorch {theirs[precision]:.1f} seq/s, ratio {ours[precision] / theirs[precision]:.2f}")
 PY
+# This run's kernel caches, for the next session's gpu-carry/ (the PTX only while it stays small).
+tar -cJf "$OUTDIR/kernel-cache.tar.xz" -C "$BERT_RS_KERNEL_CACHE" . 2>/dev/null
+if [ "$(stat -c %s "$OUTDIR/kernel-cache.tar.xz" 2>/dev/null || echo 0)" -gt 20000000 ]; then
+    tar -cJf "$OUTDIR/kernel-cache.tar.xz" -C "$BERT_RS_KERNEL_CACHE" --exclude=./ptx . 2>/dev/null
+fi
 cp "$OUTDIR/stderr.txt" "$OUTDIR/stderr-full.txt" 2>/dev/null
 exit $FAILED

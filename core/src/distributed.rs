@@ -10,7 +10,7 @@
 
 use std::any::Any;
 use std::fmt::Debug;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use burn::module::{AutodiffModule, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -211,12 +211,26 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Broadcast<'_, AB> {
 }
 
 /// Ranks that are threads of one process: [`LocalGroup::ranks`] hands out one [`Collective`]
-/// per thread.
+/// per thread. A rank whose thread panics breaks the group: the others' exchanges then fail with
+/// [`CollectiveError::PeerLost`] instead of waiting for it forever.
 #[derive(Debug)]
 pub struct LocalGroup {
-    slots: Mutex<Vec<Vec<f32>>>,
-    barrier: Barrier,
+    state: Mutex<GroupState>,
+    arrivals: Condvar,
     world_size: usize,
+}
+
+/// What the ranks of a [`LocalGroup`] share.
+#[derive(Debug)]
+struct GroupState {
+    /// Each rank's offered buffer.
+    slots: Vec<Vec<f32>>,
+    /// Ranks waiting at the current barrier.
+    arrived: usize,
+    /// Barriers passed so far.
+    generation: u64,
+    /// The rank whose thread panicked, if one did.
+    lost: Option<usize>,
 }
 
 /// One thread's end of a [`LocalGroup`].
@@ -230,8 +244,13 @@ impl LocalGroup {
     /// `world_size` connected ranks.
     pub fn ranks(world_size: usize) -> Vec<LocalRank> {
         let group = Arc::new(LocalGroup {
-            slots: Mutex::new(vec![Vec::new(); world_size]),
-            barrier: Barrier::new(world_size),
+            state: Mutex::new(GroupState {
+                slots: vec![Vec::new(); world_size],
+                arrived: 0,
+                generation: 0,
+                lost: None,
+            }),
+            arrivals: Condvar::new(),
             world_size,
         });
         (0..world_size)
@@ -244,12 +263,50 @@ impl LocalGroup {
 }
 
 impl LocalRank {
-    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Vec<f32>>> {
-        // A rank that panicked while holding the lock leaves the buffers as they were.
+    fn state(&self) -> MutexGuard<'_, GroupState> {
+        // A rank that panicked while holding the lock leaves the state as it was.
         self.group
-            .slots
+            .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits until every rank has arrived, or fails when one of them is lost.
+    fn barrier<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, GroupState>,
+    ) -> Result<MutexGuard<'a, GroupState>, CollectiveError> {
+        let generation = state.generation;
+        state.arrived += 1;
+        if state.arrived == self.group.world_size {
+            state.arrived = 0;
+            state.generation += 1;
+            self.group.arrivals.notify_all();
+        }
+        while state.generation == generation && state.lost.is_none() {
+            state = self
+                .group
+                .arrivals
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        match state.lost {
+            Some(rank) if state.generation == generation => Err(CollectiveError::PeerLost {
+                rank,
+                message: "its thread panicked".into(),
+            }),
+            _ => Ok(state),
+        }
+    }
+}
+
+impl Drop for LocalRank {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut state = self.state();
+            state.lost.get_or_insert(self.rank);
+            self.group.arrivals.notify_all();
+        }
     }
 }
 
@@ -263,34 +320,35 @@ impl Collective for LocalRank {
     }
 
     fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), CollectiveError> {
-        self.slots()[self.rank] = values.to_vec();
-        self.group.barrier.wait();
-        {
-            let slots = self.slots();
-            if let Some(other) = slots.iter().find(|s| s.len() != values.len()) {
-                let found = other.len();
-                drop(slots);
-                self.group.barrier.wait();
-                return Err(CollectiveError::LengthMismatch {
-                    expected: values.len(),
-                    found,
-                });
+        let mut state = self.state();
+        state.slots[self.rank] = values.to_vec();
+        let state = self.barrier(state)?;
+        // Every rank reads the slots before any may offer its next buffer.
+        let mismatch = state.slots.iter().find(|s| s.len() != values.len());
+        let result = match mismatch {
+            Some(other) => Err(CollectiveError::LengthMismatch {
+                expected: values.len(),
+                found: other.len(),
+            }),
+            None => {
+                for (i, value) in values.iter_mut().enumerate() {
+                    *value = state.slots.iter().map(|s| s[i]).sum();
+                }
+                Ok(())
             }
-            for (i, value) in values.iter_mut().enumerate() {
-                *value = slots.iter().map(|s| s[i]).sum();
-            }
-        }
-        self.group.barrier.wait();
-        Ok(())
+        };
+        drop(self.barrier(state)?);
+        result
     }
 
     fn broadcast_from_root(&self, values: &mut [f32]) -> Result<(), CollectiveError> {
+        let mut state = self.state();
         if self.rank == 0 {
-            self.slots()[0] = values.to_vec();
+            state.slots[0] = values.to_vec();
         }
-        self.group.barrier.wait();
-        let root = self.slots()[0].clone();
-        self.group.barrier.wait();
+        let state = self.barrier(state)?;
+        let root = state.slots[0].clone();
+        drop(self.barrier(state)?);
         if root.len() != values.len() {
             return Err(CollectiveError::LengthMismatch {
                 expected: values.len(),
@@ -307,6 +365,34 @@ mod tests {
     use super::*;
     use burn::backend::NdArray;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_panicking_rank_fails_the_others_exchanges_instead_of_hanging_them() {
+        let (sender, results) = std::sync::mpsc::channel();
+        for rank in LocalGroup::ranks(3) {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                if rank.rank() == 2 {
+                    panic!("rank 2 fails before its all-reduce (an expected panic)");
+                }
+                let mut values = vec![1.0];
+                let first = rank.all_reduce_sum(&mut values);
+                let second = rank.all_reduce_sum(&mut values);
+                sender.send((rank.rank(), first, second)).unwrap();
+            });
+        }
+        for _ in 0..2 {
+            let (rank, first, second) = results
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .expect("the surviving ranks return instead of waiting forever");
+            let lost = Err(CollectiveError::PeerLost {
+                rank: 2,
+                message: "its thread panicked".into(),
+            });
+            assert_eq!(first, lost, "rank {rank}");
+            assert_eq!(second, lost, "rank {rank}: the group stays broken");
+        }
+    }
 
     /// A stand-in for a device collective: sums NdArray tensors through a [`LocalRank`], counting
     /// the tensors it was handed.
