@@ -52,6 +52,21 @@ pub struct FineTuning {
 impl FineTuning {
     /// Checks the settings against `items` training items and fixes the run's length.
     pub fn plan(&self, items: usize) -> Result<FineTuningPlan, FineTuningError> {
+        self.plan_for_rank(items, 0, 1)
+    }
+
+    /// [`Self::plan`] for rank `rank` of a data-parallel job of `world_size` ranks, as the
+    /// reference's `DistributedSampler`: `train_batch_size` is per rank, each epoch's shuffled
+    /// order is padded (repeating its start) to a multiple of the world size, and every optimizer
+    /// step gives each rank an equal share of `world_size * train_batch_size` items, so the
+    /// averaged gradients are those of one rank with the whole batch.
+    pub fn plan_for_rank(
+        &self,
+        items: usize,
+        rank: usize,
+        world_size: usize,
+    ) -> Result<FineTuningPlan, FineTuningError> {
+        assert!(rank < world_size, "rank {rank} of {world_size}");
         if items == 0 {
             return Err(FineTuningError::NoItems);
         }
@@ -69,13 +84,16 @@ impl FineTuning {
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             return Err(FineTuningError::LearningRate(self.learning_rate));
         }
-        let per_epoch = items.div_ceil(self.train_batch_size) as f64;
+        let padded = items.next_multiple_of(world_size);
+        let per_epoch = padded.div_ceil(self.train_batch_size * world_size) as f64;
         let steps = (per_epoch * self.epochs).ceil().max(1.0) as u64;
         let steps = self.max_steps.map_or(steps, |m| m.min(steps).max(1));
         Ok(FineTuningPlan {
             settings: self.clone(),
             items,
             steps,
+            rank,
+            world_size,
         })
     }
 }
@@ -86,6 +104,8 @@ pub struct FineTuningPlan {
     settings: FineTuning,
     items: usize,
     steps: u64,
+    rank: usize,
+    world_size: usize,
 }
 
 impl FineTuningPlan {
@@ -118,18 +138,26 @@ impl FineTuningPlan {
         )
     }
 
-    /// The run's optimizer steps in order: for each, its epoch and its micro-batches as item
-    /// indices. Each epoch visits every item once in a seeded shuffle; the last batch of an epoch
-    /// may be short.
+    /// This rank's optimizer steps in order: for each, its epoch and its micro-batches as item
+    /// indices. Each epoch visits every item once in a seeded shuffle (the same on every rank; a
+    /// data-parallel epoch repeats its first items to fill the ranks evenly); the last batch of
+    /// an epoch may be short.
     pub fn batches(&self) -> impl Iterator<Item = (u64, Vec<Vec<usize>>)> + '_ {
         let micro = self.settings.train_batch_size / self.settings.gradient_accumulation_steps;
+        let (rank, world_size) = (self.rank, self.world_size);
         (0u64..)
             .flat_map(move |epoch| {
                 let mut order: Vec<usize> = (0..self.items).collect();
                 PrepRng::new(self.settings.seed, epoch).shuffle(&mut order);
+                let padding = self.items.next_multiple_of(world_size) - self.items;
+                order.extend_from_within(..padding);
                 order
-                    .chunks(self.settings.train_batch_size)
-                    .map(|batch| (epoch, batch.chunks(micro).map(<[usize]>::to_vec).collect()))
+                    .chunks(self.settings.train_batch_size * world_size)
+                    .map(|batch| {
+                        let share = batch.len() / world_size;
+                        let mine = &batch[rank * share..(rank + 1) * share];
+                        (epoch, mine.chunks(micro).map(<[usize]>::to_vec).collect())
+                    })
                     .collect::<Vec<_>>()
             })
             .take(self.steps as usize)
@@ -169,6 +197,60 @@ mod tests {
         }
         assert!(steps[0].1.iter().all(|micro| micro.len() == 2));
         assert_ne!(steps[0].1, steps[3].1, "each epoch is shuffled anew");
+    }
+
+    #[test]
+    fn data_parallel_ranks_split_each_step_of_the_single_rank_plan() {
+        // Two ranks with batch 2 against one rank with batch 4, over 10 items: 3 steps an epoch.
+        let per_rank = FineTuning {
+            train_batch_size: 2,
+            gradient_accumulation_steps: 1,
+            ..settings()
+        };
+        let whole = FineTuning {
+            train_batch_size: 4,
+            gradient_accumulation_steps: 1,
+            ..settings()
+        };
+        let single: Vec<_> = whole.plan(10).unwrap().batches().collect();
+        let ranks: Vec<Vec<_>> = (0..2)
+            .map(|rank| {
+                let plan = per_rank.plan_for_rank(10, rank, 2).unwrap();
+                assert_eq!(plan.steps(), 6);
+                plan.batches().collect()
+            })
+            .collect();
+        for (step, (epoch, micro_batches)) in single.iter().enumerate() {
+            let together: Vec<usize> = ranks
+                .iter()
+                .flat_map(|steps| {
+                    assert_eq!(steps[step].0, *epoch);
+                    steps[step].1.concat()
+                })
+                .collect();
+            assert_eq!(together, micro_batches.concat(), "step {step}");
+            assert_eq!(
+                ranks[0][step].1.concat().len(),
+                ranks[1][step].1.concat().len()
+            );
+        }
+
+        // Three ranks over 10 items: each epoch is padded to 12 with its first two items.
+        let epoch: Vec<usize> = (0..3)
+            .flat_map(|rank| {
+                let plan = per_rank.plan_for_rank(10, rank, 3).unwrap();
+                assert_eq!(plan.steps(), 4);
+                plan.batches()
+                    .take(2)
+                    .flat_map(|(_, micro)| micro.concat())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(epoch.len(), 12);
+        let mut distinct = epoch.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct, (0..10).collect::<Vec<_>>());
     }
 
     #[test]

@@ -29,6 +29,16 @@ impl DlLogger {
         })
     }
 
+    /// Opens the log of rank `rank` of a data-parallel job: `path` itself for rank 0 (the
+    /// reference's log), `NAME.rankR.json` beside it for the others.
+    pub fn open_for_rank(path: &Path, rank: usize) -> Result<Self> {
+        if rank == 0 {
+            Self::open(path)
+        } else {
+            Self::open(&path.with_extension(format!("rank{rank}.json")))
+        }
+    }
+
     /// Writes one line; `step` is `"PARAMETER"`, `[epoch, step]` or `[]` for final figures.
     pub fn log(&mut self, step: Value, data: Value) -> Result<()> {
         let now = SystemTime::now()

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use bert_core::data::synthetic::{split_held_out, squad_dataset, Encyclopedia};
-use bert_tests::{arg, minilm_dir, TempDir};
+use bert_tests::{
+    arg, fixture, launch_args, logged_steps, max_abs_diff, minilm_dir, read_safetensors, TempDir,
+};
 use serde_json::Value;
 
 fn bert_native(args: &[&str]) -> Output {
@@ -390,4 +392,103 @@ fn glue_sst2_fine_tuning_beats_chance_and_mrpc_runs() {
         arg(&tmp.0.join("again")),
     ]);
     assert!(stderr.contains("classification"), "{stderr}");
+}
+
+/// Data-parallel fine-tuning as `run_glue.py` under torch.distributed: two ranks with batch 2
+/// each take the steps one process takes with batch 4 (each rank its half of every batch, the
+/// gradients averaged), so they end at the same weights; rank 0 alone writes the model and scores.
+/// A dropout-free 2-layer model from a fixed seed, so both runs see the same arithmetic.
+#[test]
+fn glue_on_two_ranks_equals_one_rank_with_twice_the_batch() {
+    let tmp = TempDir::new("glue-ranks");
+    let sst = tmp.0.join("SST-2");
+    std::fs::create_dir_all(&sst).unwrap();
+    std::fs::write(sst.join("train.tsv"), sentiment(16, 0)).unwrap();
+    std::fs::write(sst.join("dev.tsv"), sentiment(8, 1)).unwrap();
+    let vocab = minilm_dir().join("vocab.txt");
+    let config = fixture("pretrain/config.json");
+    let run = |out: &Path, batch: &str| -> Vec<String> {
+        [
+            "glue",
+            "--task-name",
+            "sst-2",
+            "--config-file",
+            arg(&config),
+            "--vocab-file",
+            arg(&vocab),
+            "--data-dir",
+            arg(&sst),
+            "--do-train",
+            "--do-eval",
+            "--output-dir",
+            arg(out),
+            "--max-seq-length",
+            "32",
+            "--train-batch-size",
+            batch,
+            "--learning-rate",
+            "1e-3",
+            "--num-train-epochs",
+            "1",
+            "--log-freq",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let single = tmp.0.join("single");
+    let args = run(&single, "4");
+    succeed(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let parallel = tmp.0.join("parallel");
+    let args = run(&parallel, "2");
+    let launch = launch_args(2, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let output = succeed(&launch.iter().map(String::as_str).collect::<Vec<_>>());
+    let scores: Vec<&str> = std::str::from_utf8(&output.stdout)
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains("accuracy"))
+        .collect();
+    assert_eq!(scores.len(), 1, "rank 0 alone evaluates: {scores:?}");
+
+    let (ours, reference) = (
+        read_safetensors(&parallel.join("model.safetensors")),
+        read_safetensors(&single.join("model.safetensors")),
+    );
+    assert_eq!(ours.len(), reference.len());
+    for (name, tensor) in &reference {
+        let (diff, _) = max_abs_diff(&ours[name].f32, &tensor.f32);
+        assert!(diff < 1e-5, "{name} differs by {diff}");
+    }
+    let losses = |log: &Path| -> Vec<f64> {
+        logged_steps(log)
+            .iter()
+            .map(|data| data["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let (root, other, alone) = (
+        losses(&parallel.join("dllogger.json")),
+        losses(&parallel.join("dllogger.rank1.json")),
+        losses(&single.join("dllogger.json")),
+    );
+    assert_eq!(alone.len(), 4, "16 sentences in batches of 4");
+    assert_eq!(root.len(), alone.len());
+    for ((a, b), c) in root.iter().zip(&other).zip(&alone) {
+        assert!(
+            (a - c).abs() < 1e-5 && a == b,
+            "averaged losses {a} {b}, one rank {c}"
+        );
+    }
+    let files = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut expected = files(&single);
+    expected.push("dllogger.rank1.json".into());
+    expected.sort();
+    assert_eq!(files(&parallel), expected, "rank 1 writes its log only");
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use bert_core::checkpoint::names::module_path_to_hf;
-use bert_tests::{arg, fixture, read_safetensors, TempDir};
+use bert_tests::{arg, fixture, launch_args, logged_steps, read_safetensors, TempDir};
 use serde_json::Value;
 
 fn bert_native(args: &[&str]) -> Command {
@@ -69,20 +69,6 @@ fn parity_args(out: &Path) -> Vec<String> {
 
 fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
-}
-
-/// The `data` of every DLLogger line with an optimizer step, in order.
-fn logged_steps(log: &Path) -> Vec<Value> {
-    std::fs::read_to_string(log)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            serde_json::from_str::<Value>(line.strip_prefix("DLLL ").expect("DLLogger prefix"))
-                .unwrap()
-        })
-        .filter(|entry| entry["step"].as_array().is_some_and(|s| s.len() == 2))
-        .map(|entry| entry["data"].clone())
-        .collect()
 }
 
 /// A golden tensor (subset files keep only some word-embedding rows, listed in `word_embedding_rows`).
@@ -635,22 +621,12 @@ fn two_ranks_through_launch_reproduce_the_single_process_run() {
     succeed(&as_strs(&args));
 
     let parallel = tmp.0.join("parallel");
-    let port = free_port().to_string();
-    let mut launch = vec![
-        "launch",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        &port,
-        "--",
-    ];
     let mut args = parity_args(&parallel);
     args.extend([
         "--skip-checkpoint".into(),
         "--allreduce-post-accumulation".into(),
     ]);
-    launch.extend(as_strs(&args));
-    succeed(&launch);
+    succeed(&as_strs(&launch_args(2, &as_strs(&args))));
 
     let (ours, reference) = (
         read_safetensors(&parallel.join("model.safetensors")),
@@ -677,14 +653,7 @@ fn two_ranks_through_launch_reproduce_the_single_process_run() {
 #[test]
 fn the_allreduce_bench_checks_three_ranks_sums() {
     for half in [false, true] {
-        let port = free_port().to_string();
         let mut args = vec![
-            "launch",
-            "--nproc-per-node",
-            "3",
-            "--master-port",
-            &port,
-            "--",
             "bench",
             "allreduce",
             "--elements",
@@ -695,7 +664,8 @@ fn the_allreduce_bench_checks_three_ranks_sums() {
         if half {
             args.push("--half");
         }
-        let output = succeed(&args);
+        let args = launch_args(3, &args);
+        let output = succeed(&as_strs(&args));
         let stdout = String::from_utf8_lossy(&output.stdout);
         let lines: Vec<Value> = stdout
             .lines()
@@ -745,12 +715,4 @@ fn a_failing_rank_takes_the_job_down() {
         started.elapsed() < std::time::Duration::from_secs(60),
         "the other ranks were waited for instead of stopped"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

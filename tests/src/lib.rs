@@ -179,3 +179,39 @@ impl Drop for TempDir {
 pub fn arg(path: &Path) -> &str {
     path.to_str().unwrap()
 }
+
+/// The arguments of `bert-native launch` running `args` on `world_size` local ranks, with rank 0
+/// on a port free now (tests run in parallel, so a fixed port would collide).
+pub fn launch_args(world_size: usize, args: &[&str]) -> Vec<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut launch: Vec<String> = vec![
+        "launch".into(),
+        "--nproc-per-node".into(),
+        world_size.to_string(),
+        "--master-port".into(),
+        port.to_string(),
+        "--".into(),
+    ];
+    launch.extend(args.iter().map(|arg| arg.to_string()));
+    launch
+}
+
+/// The `data` of every DLLogger line of an optimizer step (`"step": [epoch, step]`), in order.
+pub fn logged_steps(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(
+                line.strip_prefix("DLLL ").expect("DLLogger prefix"),
+            )
+            .unwrap()
+        })
+        .filter(|entry| entry["step"].as_array().is_some_and(|s| s.len() == 2))
+        .map(|entry| entry["data"].clone())
+        .collect()
+}

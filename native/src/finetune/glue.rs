@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::{fine_tune, inference_figures, ModelArgs, ModelSource, TaskDefaults, TrainArgs};
+use super::{fine_tune, inference_figures, ModelArgs, ModelSource, Ranks, TaskDefaults, TrainArgs};
 use crate::backend::{self, BackendKind, Job};
 use crate::dllogger::DlLogger;
 
@@ -104,27 +104,43 @@ pub fn run(args: GlueArgs) -> Result<()> {
     }
     args.train.precision.check(args.backend)?;
     let backend = args.backend;
-    backend::run(backend, GlueJob { args, source })
+    let ranks = Ranks::from_env(&args.train, backend)?;
+    backend::run_on(
+        backend,
+        ranks.local_rank(),
+        GlueJob {
+            args,
+            source,
+            ranks,
+        },
+    )
 }
 
 struct GlueJob {
     args: GlueArgs,
     source: ModelSource,
+    ranks: Ranks,
 }
 
 impl Job for GlueJob {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
-        let GlueJob { args, source } = self;
+        let GlueJob {
+            args,
+            source,
+            ranks,
+        } = self;
         let task = GlueTask::from(args.task_name);
         let config = &source.config;
         let tokenizer = &source.tokenizer;
-        let mut log = DlLogger::open(
+        let data_parallel = ranks.connect()?;
+        let mut log = DlLogger::open_for_rank(
             &args
                 .json_summary
                 .clone()
                 .unwrap_or_else(|| args.output_dir.join("dllogger.json")),
+            ranks.rank(),
         )?;
         let model: BertForSequenceClassification<B> = if args.do_train {
             let examples = read_split(&args.data_dir, "train", task)?;
@@ -149,8 +165,8 @@ impl Job for GlueJob {
                 &examples,
                 &args.train,
                 defaults,
+                data_parallel.as_ref(),
                 &mut log,
-                &device,
                 |model, micro| {
                     let labels: Vec<usize> = micro
                         .iter()
@@ -162,8 +178,13 @@ impl Job for GlueJob {
                         .expect("sequences fit the model: length and vocabulary were checked")
                 },
             )?;
+            if ranks.rank() != 0 {
+                return Ok(());
+            }
             source.save_model(&model, &args.output_dir, "BertForSequenceClassification")?;
             model.valid()
+        } else if ranks.rank() != 0 {
+            return Ok(());
         } else {
             let mut model =
                 BertForSequenceClassification::<B>::new(config, task.num_labels(), &device);

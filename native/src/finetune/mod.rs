@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bert_core::checkpoint::Checkpoint;
+use bert_core::distributed::DataParallel;
 use bert_core::finetune::FineTuning;
 use bert_core::optim::StepOutcome;
 use bert_core::pretrained::ModelFiles;
@@ -23,6 +24,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::backend::BackendKind;
+use crate::distributed::rendezvous::Rendezvous;
+use crate::distributed::{self, CollectiveKind};
 use crate::dllogger::DlLogger;
 use crate::precision::PrecisionArgs;
 use crate::report::print_load_report;
@@ -209,6 +213,55 @@ pub struct TrainArgs {
     /// Arithmetic of training and prediction.
     #[command(flatten)]
     pub precision: PrecisionArgs,
+    /// What sums the gradients when run data-parallel under `launch`, torchrun or SLURM: NCCL
+    /// on the GPUs (auto on --backend cuda) or TCP through the host (auto elsewhere).
+    #[arg(long, value_enum, default_value_t = CollectiveKind::Auto)]
+    pub collective: CollectiveKind,
+}
+
+/// This process's place in a data-parallel fine-tuning job, read from the variables `launch`,
+/// torchrun or SLURM set (as `run_squad.py` under `torch.distributed`): every rank trains on its
+/// share of each step's batch, and rank 0 alone writes the model, predictions and scores. A lone
+/// process is rank 0 of 1.
+#[derive(Debug)]
+pub struct Ranks {
+    job: Option<Rendezvous>,
+    collective: CollectiveKind,
+    backend: BackendKind,
+}
+
+impl Ranks {
+    /// The job of this process, if the environment describes one.
+    pub fn from_env(train: &TrainArgs, backend: BackendKind) -> Result<Self> {
+        Ok(Self {
+            job: Rendezvous::from_env()?,
+            collective: train.collective,
+            backend,
+        })
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.job.as_ref().map_or(0, |job| job.rank)
+    }
+
+    /// The GPU of this process on its node.
+    pub fn local_rank(&self) -> usize {
+        self.job.as_ref().map_or(0, |job| job.local_rank)
+    }
+
+    /// Connects the ranks (every rank must call it); `None` for a lone process.
+    pub fn connect(&self) -> Result<Option<DataParallel>> {
+        self.job
+            .as_ref()
+            .map(|job| {
+                Ok(DataParallel {
+                    collective: distributed::connect(job, self.collective, self.backend)?,
+                    reduce_in_half: false,
+                })
+            })
+            .transpose()
+    }
 }
 
 /// Figures of a fine-tuning run.
@@ -236,22 +289,28 @@ pub struct TaskDefaults {
 }
 
 /// Fine-tunes `model` on `items` as the reference does: Adam without bias correction and linear
-/// warm-up/decay (the shared [`bert_core::train::Trainer`]), for the epochs (or steps) of `args`, shuffling each
-/// epoch; `loss(model, micro_batch)` gives the loss of a micro-batch. Logs the parameters, the
-/// steps and the summary, and returns the trained model.
+/// warm-up/decay (the shared [`bert_core::train::Trainer`]), for the epochs (or steps) of `args`,
+/// shuffling each epoch, on the device holding the model; `loss(model, micro_batch)` gives the
+/// loss of a micro-batch. With `data_parallel`, this rank trains on its share of every step and
+/// the gradients are averaged over the ranks. Logs the parameters, the steps and the summary, and
+/// returns the trained model.
 pub fn fine_tune<AB, M, T>(
     model: M,
     items: &[T],
     args: &TrainArgs,
     defaults: TaskDefaults,
+    data_parallel: Option<&DataParallel>,
     log: &mut DlLogger,
-    device: &AB::Device,
     loss: impl Fn(&M, &[&T]) -> Tensor<AB, 1>,
 ) -> Result<(M, TrainSummary)>
 where
     AB: AutodiffBackend,
     M: AutodiffModule<AB>,
 {
+    let (rank, world_size) = data_parallel.map_or((0, 1), |data_parallel| {
+        let collective = &data_parallel.collective;
+        (collective.rank(), collective.world_size())
+    });
     let plan = FineTuning {
         train_batch_size: args.train_batch_size,
         gradient_accumulation_steps: args.gradient_accumulation_steps,
@@ -261,15 +320,31 @@ where
         max_steps: args.max_steps,
         seed: args.seed,
     }
-    .plan(items.len())?;
+    .plan_for_rank(items.len(), rank, world_size)?;
     let steps = plan.steps();
     let mut parameters = defaults.parameters;
     parameters["steps"] = json!(steps);
     parameters["schedule"] = json!(plan.schedule());
+    parameters["world_size"] = json!(world_size);
     log.log(json!("PARAMETER"), parameters)?;
-    let mut trainer = plan.trainer(model, device.clone());
+    let device = model
+        .devices()
+        .into_iter()
+        .next()
+        .context("the model has no parameters to train")?;
+    let mut trainer = plan.trainer(model, device);
     trainer.loss_scaler = args.precision.loss_scaler();
-    let bar = ProgressBar::new(steps);
+    if let Some(data_parallel) = data_parallel {
+        trainer.model = data_parallel.broadcast_module(trainer.model)?;
+        trainer.data_parallel = Some(data_parallel.clone());
+        // Each rank its own dropout masks, as the reference seeds `seed + rank`.
+        trainer.seed = args.seed.wrapping_add(rank as u64);
+    }
+    let bar = if rank == 0 {
+        ProgressBar::new(steps)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("fine-tune [{bar:30}] {pos}/{len} steps {msg} eta {eta}")
             .expect("valid template")

@@ -18,7 +18,7 @@ use burn::tensor::backend::Backend;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::{fine_tune, inference_figures, ModelArgs, ModelSource, TaskDefaults, TrainArgs};
+use super::{fine_tune, inference_figures, ModelArgs, ModelSource, Ranks, TaskDefaults, TrainArgs};
 use crate::backend::{self, BackendKind, Job};
 use crate::dllogger::DlLogger;
 
@@ -165,12 +165,15 @@ fn run_task(args: SquadRunArgs) -> Result<()> {
     }
     args.train.precision.check(args.backend)?;
     let backend = args.backend;
-    backend::run(
+    let ranks = Ranks::from_env(&args.train, backend)?;
+    backend::run_on(
         backend,
+        ranks.local_rank(),
         SquadJob {
             args,
             source,
             output_dir,
+            ranks,
         },
     )
 }
@@ -178,6 +181,7 @@ fn run_task(args: SquadRunArgs) -> Result<()> {
 struct SquadJob {
     args: SquadRunArgs,
     source: ModelSource,
+    ranks: Ranks,
     output_dir: PathBuf,
 }
 
@@ -189,12 +193,15 @@ impl Job for SquadJob {
             args,
             source,
             output_dir,
+            ranks,
         } = self;
-        let mut log = DlLogger::open(
+        let data_parallel = ranks.connect()?;
+        let mut log = DlLogger::open_for_rank(
             &args
                 .json_summary
                 .clone()
                 .unwrap_or_else(|| output_dir.join("dllogger.json")),
+            ranks.rank(),
         )?;
         let features_config = FeatureConfig {
             max_seq_length: args.max_seq_length,
@@ -228,14 +235,17 @@ impl Job for SquadJob {
                 &features,
                 &args.train,
                 defaults,
+                data_parallel.as_ref(),
                 &mut log,
-                &device,
                 |model, micro| {
                     qa_loss(model, config, micro, args.max_seq_length, &device).expect(
                         "windows fit the model: sequence length and vocabulary were checked",
                     )
                 },
             )?;
+            if ranks.rank() != 0 {
+                return Ok(());
+            }
             source.save_model(&model, &output_dir, "BertForQuestionAnswering")?;
             eprintln!(
                 "trained {} steps (loss {:.4}); model in {}",
@@ -244,6 +254,8 @@ impl Job for SquadJob {
                 output_dir.display()
             );
             model.valid()
+        } else if ranks.rank() != 0 {
+            return Ok(());
         } else {
             let mut model = BertForQuestionAnswering::<B>::new(config, &device);
             source.load_into(&mut model, true)?;

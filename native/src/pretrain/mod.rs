@@ -281,11 +281,7 @@ impl Job for PretrainJob {
             .json_summary
             .clone()
             .unwrap_or_else(|| output_dir.join("dllogger.json"));
-        let mut log = DlLogger::open(&if is_root {
-            log_path
-        } else {
-            log_path.with_extension(format!("rank{rank}.json"))
-        })?;
+        let mut log = DlLogger::open_for_rank(&log_path, rank)?;
         let collective = match &job {
             Some(job) => Some(distributed::connect(job, args.collective, args.backend)?),
             None => None,
