@@ -3,8 +3,6 @@
 //! `launch` (or torchrun/SLURM) for N ranks, or alone for one. Every rank contributes a known
 //! pattern, so the first result is checked before anything is timed.
 
-use std::sync::Arc;
-
 use anyhow::{bail, Result};
 use bert_core::distributed::DataParallel;
 use burn::tensor::backend::Backend;
@@ -57,17 +55,15 @@ pub fn run(args: AllReduceBenchArgs) -> Result<()> {
         master_addr: "127.0.0.1".into(),
         master_port: 0,
     });
-    let collective = distributed::connect(&job, args.collective, args.backend)?;
-    let data_parallel = DataParallel {
-        collective: Arc::clone(&collective),
-        reduce_in_half: args.half,
-    };
-    let (rank, world_size) = (collective.rank(), collective.world_size());
-    let mut timings = backend::run_on(
+    let (rank, world_size) = (job.rank, job.world_size);
+    let (mut timings, on_device) = backend::run_on(
         args.backend,
         job.local_rank,
         AllReduceBench {
-            data_parallel,
+            job,
+            collective: args.collective,
+            backend: args.backend,
+            half: args.half,
             elements: args.elements,
             iterations: args.iterations,
             warmup: args.warmup,
@@ -86,7 +82,7 @@ pub fn run(args: AllReduceBenchArgs) -> Result<()> {
             "benchmark": "allreduce",
             "backend": args.backend.to_string(),
             // What summed: NCCL on the device buffers, or TCP through the host.
-            "collective": if collective.device_all_reduce().is_some() { "nccl" } else { "tcp" },
+            "collective": if on_device { "nccl" } else { "tcp" },
             "world_size": world_size,
             "elements": args.elements,
             "dtype": if args.half { "float16" } else { "float32" },
@@ -103,26 +99,35 @@ pub fn run(args: AllReduceBenchArgs) -> Result<()> {
 }
 
 struct AllReduceBench {
-    data_parallel: DataParallel,
+    job: Rendezvous,
+    collective: CollectiveKind,
+    backend: BackendKind,
+    half: bool,
     elements: usize,
     iterations: usize,
     warmup: usize,
 }
 
 impl Job for AllReduceBench {
-    type Output = super::Timings;
+    /// The timings, and whether the sums ran on the device.
+    type Output = (super::Timings, bool);
 
-    fn run<B: Backend>(self, device: B::Device) -> Result<super::Timings> {
-        let collective = &self.data_parallel.collective;
-        let (rank, world_size) = (collective.rank(), collective.world_size());
+    fn run<B: Backend>(self, device: B::Device) -> Result<(super::Timings, bool)> {
+        // Connected on the backend's side, so a missing GPU is reported before a missing NCCL.
+        let data_parallel = DataParallel {
+            collective: distributed::connect(&self.job, self.collective, self.backend)?,
+            reduce_in_half: self.half,
+        };
+        let on_device = data_parallel.collective.device_all_reduce().is_some();
+        let (rank, world_size) = (self.job.rank, self.job.world_size);
         let pattern = Tensor::<B, 1, Int>::arange(0..self.elements as i64, &device)
             .remainder_scalar(PERIOD)
             .float();
         let mut checked = false;
-        time_iterations(self.warmup, self.iterations, || {
+        let timings = time_iterations(self.warmup, self.iterations, || {
             // A fresh buffer each time, as pretraining's scaled gradients are: NCCL sums in place.
             let contribution = pattern.clone() * (rank as f64 + 1.0);
-            let sum = self.data_parallel.all_reduce_sum(contribution)?;
+            let sum = data_parallel.all_reduce_sum(contribution)?;
             if !checked {
                 let expected = pattern.clone() * (world_size * (world_size + 1) / 2) as f64;
                 let worst = (sum.clone() - expected)
@@ -139,6 +144,7 @@ impl Job for AllReduceBench {
                 sum.narrow(0, 0, 1).into_scalar();
             }
             Ok(())
-        })
+        })?;
+        Ok((timings, on_device))
     }
 }
