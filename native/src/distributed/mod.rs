@@ -21,7 +21,7 @@ use rendezvous::Rendezvous;
 /// What carries a data-parallel job's gradient all-reduce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CollectiveKind {
-    /// NCCL on the CUDA backend, TCP otherwise.
+    /// NCCL on the CUDA backend when every rank can load it, TCP otherwise.
     Auto,
     /// Through host memory over TCP (any backend; not GPU-fast).
     Tcp,
@@ -29,13 +29,14 @@ pub enum CollectiveKind {
     Nccl,
 }
 
-/// This process's link to the rest of `job`.
+/// This process's link to the rest of `job`. The ranks agree on NCCL (a vote over the TCP link)
+/// so that they never speak different collectives.
 pub fn connect(
     job: &Rendezvous,
     kind: CollectiveKind,
     backend: BackendKind,
 ) -> Result<Arc<dyn Collective>> {
-    let nccl = match (kind, backend) {
+    let wants_nccl = match (kind, backend) {
         (CollectiveKind::Tcp, _) => false,
         (CollectiveKind::Auto, backend) => backend == BackendKind::Cuda,
         (CollectiveKind::Nccl, BackendKind::Cuda) => true,
@@ -44,15 +45,54 @@ pub fn connect(
         }
     };
     let host = tcp::TcpCollective::connect(job)?;
-    if nccl {
-        return connect_nccl(host);
+    if !wants_nccl {
+        return Ok(Arc::new(host));
     }
-    Ok(Arc::new(host))
+    let mut ready = [f32::from(u8::from(nccl_present()))];
+    host.all_reduce_sum(&mut ready)?;
+    let missing = job.world_size - ready[0] as usize;
+    match (missing, kind) {
+        (0, _) => connect_nccl(host),
+        (_, CollectiveKind::Nccl) => bail!(
+            "{missing} of the {} ranks cannot load NCCL{}",
+            job.world_size,
+            if nccl_present() {
+                String::new()
+            } else {
+                format!(", this one among them: {NCCL_MISSING}")
+            }
+        ),
+        _ => {
+            if job.rank == 0 {
+                eprintln!(
+                    "WARNING: {missing} of the {} ranks cannot load NCCL ({NCCL_MISSING}); \
+                     the gradients are summed over TCP through the host, which is slow on GPUs",
+                    job.world_size
+                );
+            }
+            Ok(Arc::new(host))
+        }
+    }
+}
+
+/// What to do when `libnccl` cannot be loaded.
+const NCCL_MISSING: &str = "cudarc looks for libnccl.so on the library path; a PyTorch wheel \
+     has it as site-packages/nvidia/nccl/lib/libnccl.so.2: link it as libnccl.so into a folder \
+     on LD_LIBRARY_PATH, or choose --collective tcp";
+
+#[cfg(feature = "cuda")]
+fn nccl_present() -> bool {
+    nccl::library_present()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn nccl_present() -> bool {
+    false
 }
 
 #[cfg(feature = "cuda")]
 fn connect_nccl(host: tcp::TcpCollective) -> Result<Arc<dyn Collective>> {
-    Ok(Arc::new(nccl::NcclCollective::new(host)?))
+    Ok(Arc::new(nccl::NcclCollective::new(host)))
 }
 
 #[cfg(not(feature = "cuda"))]

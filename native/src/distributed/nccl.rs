@@ -14,7 +14,6 @@ use std::any::Any;
 use std::ffi::c_void;
 use std::sync::{Mutex, MutexGuard};
 
-use anyhow::{bail, Result};
 use bert_core::distributed::{Collective, DeviceAllReduce};
 use bert_core::error::CollectiveError;
 use burn::tensor::{DType, TensorMetadata};
@@ -41,22 +40,20 @@ pub struct NcclCollective {
     communicator: Mutex<Option<Communicator>>,
 }
 
+/// Whether `libnccl` can be loaded.
+pub fn library_present() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { nccl_sys::is_culib_present() }
+}
+
 impl NcclCollective {
-    /// This rank over the job's TCP links; fails when `libnccl` cannot be loaded.
-    pub fn new(host: TcpCollective) -> Result<Self> {
-        // SAFETY: only tries to open the library.
-        if !unsafe { nccl_sys::is_culib_present() } {
-            bail!(
-                "NCCL is not installed or not on the library path (looked for libnccl.so and \
-                 the names cudarc tries; a PyTorch wheel has it as \
-                 site-packages/nvidia/nccl/lib/libnccl.so.2: link it as libnccl.so into a folder \
-                 on LD_LIBRARY_PATH), or run the ranks over TCP with --collective tcp"
-            );
-        }
-        Ok(Self {
+    /// This rank over the job's TCP links; every rank must be able to load `libnccl`
+    /// ([`library_present`]).
+    pub fn new(host: TcpCollective) -> Self {
+        Self {
             host,
             communicator: Mutex::new(None),
-        })
+        }
     }
 
     /// The communicator, created on `device_index` the first time (every rank gets here in the
