@@ -29,6 +29,15 @@ pub trait Collective: Send + Sync + Debug {
     /// Replaces `values` on every rank by the element-wise sum over ranks, summed in rank order
     /// (so every rank gets bit-identical results).
     fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), CollectiveError>;
+    /// [`Self::all_reduce_sum`] in float16, as NCCL's half all-reduce: every contribution and
+    /// the sum are float16 values (held in `f32`s here). A collective that sends bytes sends half
+    /// as many; the default rounds and sums through [`Self::all_reduce_sum`].
+    fn all_reduce_sum_half(&self, values: &mut [f32]) -> Result<(), CollectiveError> {
+        round_to_half(values);
+        self.all_reduce_sum(values)?;
+        round_to_half(values);
+        Ok(())
+    }
     /// Replaces `values` on every rank by rank 0's.
     fn broadcast_from_root(&self, values: &mut [f32]) -> Result<(), CollectiveError>;
     /// The all-reduce on device memory this collective has (NCCL on GPU buffers), if any; the
@@ -52,8 +61,7 @@ pub struct DataParallel {
     /// The ranks' collective.
     pub collective: Arc<dyn Collective>,
     /// Reduce the gradients in float16, as the reference's `--allreduce_post_accumulation_fp16`
-    /// (a device all-reduce sends half the bytes; through the host, the values are rounded to
-    /// float16 and sent as float32).
+    /// (half the bytes on the wire, on the device and through the host).
     pub reduce_in_half: bool,
 }
 
@@ -135,11 +143,10 @@ impl DataParallel {
     ) -> Result<Tensor<B, 1>, CollectiveError> {
         let mut values = read_f32(flat)?;
         if self.reduce_in_half {
-            values
-                .iter_mut()
-                .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
+            self.collective.all_reduce_sum_half(&mut values)?;
+        } else {
+            self.collective.all_reduce_sum(&mut values)?;
         }
-        self.collective.all_reduce_sum(&mut values)?;
         let total = values.len();
         Ok(Tensor::from_data(TensorData::new(values, [total]), device))
     }
@@ -163,6 +170,13 @@ impl DataParallel {
             None => Ok(module),
         }
     }
+}
+
+/// Rounds every value to the nearest float16.
+pub fn round_to_half(values: &mut [f32]) {
+    values
+        .iter_mut()
+        .for_each(|v| *v = half::f16::from_f32(*v).to_f32());
 }
 
 /// Reads a float tensor back as `f32`s.

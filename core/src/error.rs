@@ -219,6 +219,9 @@ pub enum CollectiveError {
         /// Another rank's.
         found: usize,
     },
+    /// Some ranks all-reduce in float16 and others in float32.
+    #[error("ranks disagree on the all-reduce precision (float16 on some, float32 on others): start every rank with the same --allreduce-post-accumulation-fp16")]
+    PrecisionMismatch,
     /// Another rank went away or the link to it broke.
     #[error("lost rank {rank}: {message}")]
     PeerLost {

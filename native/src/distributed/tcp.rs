@@ -1,7 +1,7 @@
 //! The ranks of a job connected over TCP: every rank keeps one connection to rank 0, which sums
 //! the buffers in rank order and sends the result back (a star: simple, and exact to the bit on
-//! every rank). It serves CPU ranks and, through the host, any backend; an NCCL collective for
-//! GPUs would implement the same [`Collective`] on device buffers.
+//! every rank). It serves CPU ranks and, through the host, any backend; on GPUs it carries the
+//! control traffic beside NCCL (`nccl.rs`). Float16 all-reduces send two bytes per value.
 //!
 //! A rank that dies closes its socket: rank 0 then fails its next exchange, exits, and with it
 //! every other rank's connection, so the whole job stops instead of hanging.
@@ -12,8 +12,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bert_core::distributed::Collective;
+use bert_core::distributed::{round_to_half, Collective};
 use bert_core::error::CollectiveError;
+use burn::tensor::f16;
 
 use super::rendezvous::Rendezvous;
 
@@ -40,33 +41,80 @@ impl Link {
         })
     }
 
-    fn send(&mut self, values: &[f32]) -> std::io::Result<()> {
+    fn send(&mut self, values: &[f32], wire: Wire) -> std::io::Result<()> {
         self.writer
-            .write_all(&(values.len() as u64).to_le_bytes())?;
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.writer.write_all(&bytes)?;
+            .write_all(&wire.header(values.len()).to_le_bytes())?;
+        self.writer.write_all(&wire.encode(values))?;
         self.writer.flush()
     }
 
-    fn receive(&mut self, expected: usize) -> Result<Vec<f32>, ReceiveError> {
-        let mut length = [0u8; 8];
-        self.reader.read_exact(&mut length)?;
-        let length = u64::from_le_bytes(length) as usize;
+    fn receive(&mut self, expected: usize, wire: Wire) -> Result<Vec<f32>, ReceiveError> {
+        let mut header = [0u8; 8];
+        self.reader.read_exact(&mut header)?;
+        let header = u64::from_le_bytes(header);
+        if header & 1 != wire.header(0) {
+            return Err(ReceiveError::Wire);
+        }
+        let length = (header >> 1) as usize;
         if length != expected {
             return Err(ReceiveError::Length(length));
         }
-        let mut bytes = vec![0u8; length * 4];
+        let mut bytes = vec![0u8; length * wire.bytes_per_value()];
         self.reader.read_exact(&mut bytes)?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        Ok(wire.decode(&bytes))
+    }
+}
+
+/// How the values of one exchange travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Float32,
+    /// Half the bytes: the values are float16 (`all_reduce_sum_half`).
+    Float16,
+}
+
+impl Wire {
+    /// The header of a message of `length` values: the length, and the wire in the low bit.
+    fn header(self, length: usize) -> u64 {
+        ((length as u64) << 1) | u64::from(self == Wire::Float16)
+    }
+
+    fn bytes_per_value(self) -> usize {
+        match self {
+            Wire::Float32 => 4,
+            Wire::Float16 => 2,
+        }
+    }
+
+    fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            Wire::Float32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Wire::Float16 => values
+                .iter()
+                .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                .collect(),
+        }
+    }
+
+    fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            Wire::Float32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Wire::Float16 => bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+        }
     }
 }
 
 enum ReceiveError {
     Io(std::io::Error),
     Length(usize),
+    /// The other rank sent float32 where float16 was expected, or the reverse.
+    Wire,
 }
 
 impl From<std::io::Error> for ReceiveError {
@@ -100,6 +148,31 @@ impl TcpCollective {
         })
     }
 
+    /// Sums `values` over the ranks through rank 0, in rank order, sent as `wire`.
+    fn all_reduce(&self, values: &mut [f32], wire: Wire) -> Result<(), CollectiveError> {
+        let mut links = self.links();
+        if self.rank == 0 {
+            for (i, link) in links.iter_mut().enumerate() {
+                let theirs = link
+                    .receive(values.len(), wire)
+                    .map_err(|e| self.lost(i + 1, values.len(), e))?;
+                values.iter_mut().zip(theirs).for_each(|(v, t)| *v += t);
+            }
+            for (i, link) in links.iter_mut().enumerate() {
+                link.send(values, wire)
+                    .map_err(|e| self.lost_io(i + 1, e))?;
+            }
+        } else {
+            let root = &mut links[0];
+            root.send(values, wire).map_err(|e| self.lost_io(0, e))?;
+            let sum = root
+                .receive(values.len(), wire)
+                .map_err(|e| self.lost(0, values.len(), e))?;
+            values.copy_from_slice(&sum);
+        }
+        Ok(())
+    }
+
     fn links(&self) -> std::sync::MutexGuard<'_, Vec<Link>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -107,6 +180,7 @@ impl TcpCollective {
     fn lost(&self, rank: usize, expected: usize, error: ReceiveError) -> CollectiveError {
         match error {
             ReceiveError::Length(found) => CollectiveError::LengthMismatch { expected, found },
+            ReceiveError::Wire => CollectiveError::PrecisionMismatch,
             ReceiveError::Io(error) => self.lost_io(rank, error),
         }
     }
@@ -206,25 +280,14 @@ impl Collective for TcpCollective {
     }
 
     fn all_reduce_sum(&self, values: &mut [f32]) -> Result<(), CollectiveError> {
-        let mut links = self.links();
-        if self.rank == 0 {
-            for (i, link) in links.iter_mut().enumerate() {
-                let theirs = link
-                    .receive(values.len())
-                    .map_err(|e| self.lost(i + 1, values.len(), e))?;
-                values.iter_mut().zip(theirs).for_each(|(v, t)| *v += t);
-            }
-            for (i, link) in links.iter_mut().enumerate() {
-                link.send(values).map_err(|e| self.lost_io(i + 1, e))?;
-            }
-        } else {
-            let root = &mut links[0];
-            root.send(values).map_err(|e| self.lost_io(0, e))?;
-            let sum = root
-                .receive(values.len())
-                .map_err(|e| self.lost(0, values.len(), e))?;
-            values.copy_from_slice(&sum);
-        }
+        self.all_reduce(values, Wire::Float32)
+    }
+
+    fn all_reduce_sum_half(&self, values: &mut [f32]) -> Result<(), CollectiveError> {
+        round_to_half(values);
+        self.all_reduce(values, Wire::Float16)?;
+        // Rank 0 kept its float32 sum; the others received it as float16.
+        round_to_half(values);
         Ok(())
     }
 
@@ -232,11 +295,12 @@ impl Collective for TcpCollective {
         let mut links = self.links();
         if self.rank == 0 {
             for (i, link) in links.iter_mut().enumerate() {
-                link.send(values).map_err(|e| self.lost_io(i + 1, e))?;
+                link.send(values, Wire::Float32)
+                    .map_err(|e| self.lost_io(i + 1, e))?;
             }
         } else {
             let root = links[0]
-                .receive(values.len())
+                .receive(values.len(), Wire::Float32)
                 .map_err(|e| self.lost(0, values.len(), e))?;
             values.copy_from_slice(&root);
         }
@@ -248,37 +312,79 @@ impl Collective for TcpCollective {
 mod tests {
     use super::*;
 
-    #[test]
-    fn three_processes_worth_of_ranks_on_loopback() {
+    /// Ranks 0..world_size of a loopback job, each running `work` on its own thread.
+    fn on_loopback<T: Send + 'static>(
+        world_size: usize,
+        work: impl Fn(TcpCollective) -> T + Send + Sync + Copy + 'static,
+    ) -> Vec<T> {
         let port = {
             let probe = TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap().port()
         };
-        let handles: Vec<_> = (0..3)
+        let handles: Vec<_> = (0..world_size)
             .map(|rank| {
                 std::thread::spawn(move || {
                     let job = Rendezvous {
                         rank,
-                        world_size: 3,
+                        world_size,
                         local_rank: rank,
                         master_addr: "127.0.0.1".into(),
                         master_port: port,
                     };
-                    let collective = TcpCollective::connect(&job).unwrap();
-                    let mut values = vec![rank as f32, 1.0];
-                    collective.all_reduce_sum(&mut values).unwrap();
-                    let mut root = vec![rank as f32 + 5.0];
-                    collective.broadcast_from_root(&mut root).unwrap();
-                    // Ranks that disagree on the length all fail (rank 0 refuses, the others lose it).
-                    let mut wrong = vec![0.0; rank + 1];
-                    let mismatch = collective.all_reduce_sum(&mut wrong);
-                    drop(collective);
-                    (values, root, mismatch.is_err())
+                    work(TcpCollective::connect(&job).unwrap())
                 })
             })
             .collect();
-        for handle in handles {
-            let (sum, root, failed) = handle.join().unwrap();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    #[test]
+    fn half_precision_sums_travel_as_float16() {
+        let contributions = |rank: usize| vec![1.0001 + rank as f32, 1000.3 * (rank + 1) as f32];
+        let results = on_loopback(3, move |collective| {
+            let mut values = contributions(collective.rank());
+            collective.all_reduce_sum_half(&mut values).unwrap();
+            // A rank in float32 against the others in float16 is refused, not misread.
+            let mut mixed = vec![1.0; 4];
+            let mismatch = if collective.rank() == 1 {
+                collective.all_reduce_sum(&mut mixed)
+            } else {
+                collective.all_reduce_sum_half(&mut mixed)
+            };
+            drop(collective);
+            (values, mismatch)
+        });
+        let half = |v: f32| f16::from_f32(v).to_f32();
+        let expected: Vec<f32> = (0..2)
+            .map(|i| half((0..3).map(|rank| half(contributions(rank)[i])).sum()))
+            .collect();
+        for (values, mismatch) in &results {
+            assert_eq!(values, &expected);
+            assert!(mismatch.is_err());
+        }
+        assert_eq!(results[0].1, Err(CollectiveError::PrecisionMismatch));
+        assert_eq!(
+            Wire::Float16.encode(&[1.0; 8]).len(),
+            16,
+            "two bytes a value"
+        );
+    }
+
+    #[test]
+    fn three_processes_worth_of_ranks_on_loopback() {
+        let results = on_loopback(3, |collective| {
+            let rank = collective.rank();
+            let mut values = vec![rank as f32, 1.0];
+            collective.all_reduce_sum(&mut values).unwrap();
+            let mut root = vec![rank as f32 + 5.0];
+            collective.broadcast_from_root(&mut root).unwrap();
+            // Ranks that disagree on the length all fail (rank 0 refuses, the others lose it).
+            let mut wrong = vec![0.0; rank + 1];
+            let mismatch = collective.all_reduce_sum(&mut wrong);
+            drop(collective);
+            (values, root, mismatch.is_err())
+        });
+        for (sum, root, failed) in results {
             assert_eq!(sum, vec![3.0, 3.0]);
             assert_eq!(root, vec![5.0]);
             assert!(failed);
