@@ -115,33 +115,29 @@ impl DataParallel {
         &self,
         flat: Tensor<B, 1>,
     ) -> Result<Tensor<B, 1>, CollectiveError> {
-        let device = flat.device();
-        if let Some(device_all_reduce) = self.collective.device_all_reduce() {
-            let flat = if self.reduce_in_half {
-                flat.cast(DType::F16)
-            } else {
-                flat
-            };
-            let mut primitive = flat.into_primitive().tensor();
-            if device_all_reduce.all_reduce_sum(&mut primitive)? {
-                return Ok(
-                    Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(primitive))
-                        .cast(DType::F32),
-                );
-            }
-            return self.all_reduce_sum_on_host(
-                Tensor::from_primitive(TensorPrimitive::Float(primitive)),
-                &device,
-            );
+        let Some(device_all_reduce) = self.collective.device_all_reduce() else {
+            return self.all_reduce_sum_on_host(flat);
+        };
+        let flat = if self.reduce_in_half {
+            flat.cast(DType::F16)
+        } else {
+            flat
+        };
+        let mut primitive = flat.into_primitive().tensor();
+        let summed_on_device = device_all_reduce.all_reduce_sum(&mut primitive)?;
+        let flat = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(primitive));
+        if summed_on_device {
+            Ok(flat.cast(DType::F32))
+        } else {
+            self.all_reduce_sum_on_host(flat)
         }
-        self.all_reduce_sum_on_host(flat, &device)
     }
 
     fn all_reduce_sum_on_host<B: Backend>(
         &self,
         flat: Tensor<B, 1>,
-        device: &B::Device,
     ) -> Result<Tensor<B, 1>, CollectiveError> {
+        let device = flat.device();
         let mut values = read_f32(flat)?;
         if self.reduce_in_half {
             self.collective.all_reduce_sum_half(&mut values)?;
@@ -149,7 +145,7 @@ impl DataParallel {
             self.collective.all_reduce_sum(&mut values)?;
         }
         let total = values.len();
-        Ok(Tensor::from_data(TensorData::new(values, [total]), device))
+        Ok(Tensor::from_data(TensorData::new(values, [total]), &device))
     }
 
     /// `module` with every float parameter replaced by rank 0's.

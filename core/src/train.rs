@@ -18,7 +18,7 @@ use burn::tensor::{Int, Tensor};
 use futures_lite::future::block_on;
 
 use crate::distributed::DataParallel;
-use crate::error::TrainingError;
+use crate::error::{CollectiveError, TrainingError};
 use crate::optim::{
     module_params, squared_grad_norm, Lamb, LambConfig, LossScaler, LrSchedule, StepOutcome,
 };
@@ -79,6 +79,18 @@ impl<AB: AutodiffBackend, M: AutodiffModule<AB>> Trainer<AB, M> {
             loss_scaler: LossScaler::default(),
             data_parallel: None,
         }
+    }
+
+    /// Joins a data-parallel job: the model becomes rank 0's, gradients and losses are averaged
+    /// with the other ranks from the next step on, and this rank draws its own dropout masks
+    /// (seed + rank, as the reference seeds its processes).
+    pub fn join(&mut self, data_parallel: DataParallel) -> Result<(), CollectiveError> {
+        self.model = data_parallel.broadcast_module(self.model.clone())?;
+        self.seed = self
+            .seed
+            .wrapping_add(data_parallel.collective.rank() as u64);
+        self.data_parallel = Some(data_parallel);
+        Ok(())
     }
 
     /// Optimizer steps taken.
@@ -369,8 +381,7 @@ mod tests {
                         trainer.model.classifier.weight =
                             burn::module::Param::from_tensor(Tensor::from_inner(tripled));
                     }
-                    trainer.model = data_parallel.broadcast_module(trainer.model).unwrap();
-                    trainer.data_parallel = Some(data_parallel);
+                    trainer.join(data_parallel).unwrap();
                     let mut losses = Vec::new();
                     for step in rows.chunks(4) {
                         let mine = [step[r].clone(), step[r + 2].clone()];

@@ -1,7 +1,6 @@
 //! Data-parallel jobs: where a process sits ([`rendezvous`]), how its rank talks to the others
 //! ([`tcp`], and [`nccl`] on GPUs with feature `cuda`), and starting one process per GPU
-//! ([`launch`]). The averaging itself is
-//! `bert_core::distributed`.
+//! ([`launch`]). The averaging itself is `bert_core::distributed`.
 
 pub mod launch;
 #[cfg(feature = "cuda")]
@@ -48,7 +47,8 @@ pub fn connect(
     if !wants_nccl {
         return Ok(Arc::new(host));
     }
-    let mut ready = [f32::from(u8::from(nccl_present()))];
+    let present = nccl_present();
+    let mut ready = [f32::from(u8::from(present))];
     host.all_reduce_sum(&mut ready)?;
     let missing = job.world_size - ready[0] as usize;
     match (missing, kind) {
@@ -56,7 +56,7 @@ pub fn connect(
         (_, CollectiveKind::Nccl) => bail!(
             "{missing} of the {} ranks cannot load NCCL{}",
             job.world_size,
-            if nccl_present() {
+            if present {
                 String::new()
             } else {
                 format!(", this one among them: {NCCL_MISSING}")

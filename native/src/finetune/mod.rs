@@ -335,10 +335,7 @@ where
     let mut trainer = plan.trainer(model, device);
     trainer.loss_scaler = args.precision.loss_scaler();
     if let Some(data_parallel) = data_parallel {
-        trainer.model = data_parallel.broadcast_module(trainer.model)?;
-        trainer.data_parallel = Some(data_parallel.clone());
-        // Each rank its own dropout masks, as the reference seeds `seed + rank`.
-        trainer.seed = args.seed.wrapping_add(rank as u64);
+        trainer.join(data_parallel.clone())?;
     }
     let bar = if rank == 0 {
         ProgressBar::new(steps)

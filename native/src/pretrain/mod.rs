@@ -358,10 +358,7 @@ impl Job for PretrainJob {
                 collective: Arc::clone(collective),
                 reduce_in_half: args.allreduce_post_accumulation_fp16,
             };
-            trainer.model = data_parallel.broadcast_module(trainer.model)?;
-            trainer.data_parallel = Some(data_parallel);
-            // Each rank its own dropout masks, as the reference seeds `seed + local_rank`.
-            trainer.seed = args.seed.wrapping_add(rank as u64);
+            trainer.join(data_parallel)?;
         }
         let reader_config = ReaderConfig {
             seed: args.seed,
