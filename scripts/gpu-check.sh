@@ -6,8 +6,9 @@
 #                                      it (stripped, xz) into gpu-carry/ (which keeps a
 #                                      kernel-cache.tar.xz put there from an earlier run's output)
 #   scripts/gpu-check.sh run [OUTDIR]  on the GPU machine, from the repository root with gpu-carry/:
-#     0. start-up (kernel compilation, cold and with the kernel caches warm) and NCCL's
-#        all-reduce on burn-cuda's buffers (bench allreduce, checked sums);
+#     0. start-up (kernel compilation, cold and with the kernel caches warm), NCCL's
+#        all-reduce on burn-cuda's buffers (bench allreduce, checked sums), and the fused NVLAMB
+#        kernels against the plain tensor step (bench optimizer: timings and largest difference);
 #     1. correctness at tf32, bf16 and fp16: the PyTorch reference's 4-step pretraining trajectory
 #        (tests/fixtures/pretrain) on CUDA (bench/gpu/trajectory.py), and the golden forward cases'
 #        inputs through a BERT-base on CUDA against the CPU backend's float32 (bench/gpu/compare.py);
@@ -102,6 +103,9 @@ fi
 for half in "" --half; do
     limited 60 "$BIN" bench allreduce --backend cuda --collective nccl --iterations 10 $half | record || FAILED=1
 done
+
+log "fused NVLAMB (bert-shaders) against plain tensor operations: one step over BERT-large's parameters"
+limited 120 "$BIN" bench optimizer --backend cuda --config large --steps 5 --warmup 2 | record || FAILED=1
 
 log "correctness: the reference's pretraining trajectory on CUDA"
 G=tests/fixtures/pretrain

@@ -19,9 +19,7 @@ use futures_lite::future::block_on;
 
 use crate::distributed::DataParallel;
 use crate::error::{CollectiveError, TrainingError};
-use crate::optim::{
-    module_params, squared_grad_norm, Lamb, LambConfig, LossScaler, LrSchedule, StepOutcome,
-};
+use crate::optim::{module_params, Lamb, LambConfig, LossScaler, LrSchedule, StepOutcome};
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,8 +152,8 @@ impl<AB: AutodiffBackend, M: AutodiffModule<AB>> Trainer<AB, M> {
             data_parallel.average(&mut params, &mut sums)?;
         }
         // One fused reduction over every gradient, read back once: the overflow check.
-        let squared_norm = squared_grad_norm(&params);
-        let scaled_norm = scalar_async(squared_norm.clone()).await.sqrt();
+        let squared_norm = self.optimizer.squared_grad_norm(&params);
+        let scaled_norm = scalar_async(squared_norm.squared.clone()).await.sqrt();
         let outcome = self.loss_scaler.update(scaled_norm.is_finite())?;
         let lr = self.schedule.lr(next);
         let global_grad_norm = match outcome {

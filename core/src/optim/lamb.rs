@@ -13,9 +13,15 @@
 //! Everything stays on the device: the clip divisor and trust ratios are tensors, so a step costs
 //! no host round-trip. Norms are summed blockwise (see [`sum_of_squares`]) to stay as accurate as
 //! apex's multi-tensor L2 norm.
+//!
+//! On the GPU backends (burn-wgpu, burn-cuda) the step runs as bert-shaders' fused kernels over
+//! all parameters at once, as apex's multi-tensor kernels do: four launches instead of a dozen
+//! per parameter tensor. Elsewhere, and when [`Lamb::set_fused_kernels`] turns them off, it runs
+//! as the tensor operations below, which the kernels are tested against.
 
 use std::collections::BTreeMap;
 
+use bert_shaders::lamb::LambCoefficients;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -77,6 +83,8 @@ impl LambConfig {
     }
 }
 
+mod fused;
+
 /// Substrings of parameter names that take no weight decay (`run_pretraining.py`'s `no_decay`).
 const NO_DECAY: [&str; 4] = ["bias", "gamma", "beta", "LayerNorm"];
 
@@ -106,6 +114,19 @@ pub struct Lamb<B: Backend> {
     config: LambConfig,
     step: u64,
     moments: BTreeMap<String, Moments<B>>,
+    fused_kernels: bool,
+    /// The moments as the fused kernels last left them, laid end to end (`moments` holds views
+    /// of these buffers): the next fused step over the same parameters starts from them.
+    flat_moments: Option<fused::FlatMoments<B>>,
+}
+
+/// The squared global gradient norm, `[1]`, and — where the fused kernels computed it — the
+/// gradients laid end to end, which the step then reuses.
+#[derive(Debug, Clone)]
+pub struct SquaredGradNorm<B: Backend> {
+    /// `sum over all gradients of sum(g^2)`: inf or NaN exactly when some gradient is.
+    pub squared: Tensor<B, 1>,
+    flat_grads: Option<Vec<Tensor<B, 1>>>,
 }
 
 /// What one step did; tensors stay on the device until a logger reads them.
@@ -124,7 +145,15 @@ impl<B: Backend> Lamb<B> {
             config,
             step: 0,
             moments: BTreeMap::new(),
+            fused_kernels: true,
+            flat_moments: None,
         }
+    }
+
+    /// Whether steps may run as bert-shaders' fused kernels where the backend has them (the
+    /// default); off, they run as plain tensor operations on every backend.
+    pub fn set_fused_kernels(&mut self, on: bool) {
+        self.fused_kernels = on;
     }
 
     /// The configuration.
@@ -146,6 +175,7 @@ impl<B: Backend> Lamb<B> {
     pub fn restore(&mut self, step: u64, moments: BTreeMap<String, Moments<B>>) {
         self.step = step;
         self.moments = moments;
+        self.flat_moments = None;
     }
 
     /// Weight decay of a parameter by name.
@@ -157,22 +187,65 @@ impl<B: Backend> Lamb<B> {
         }
     }
 
+    /// Whether the trust ratio scales the step of a parameter with this weight decay.
+    pub(crate) fn trust_ratio_applies(&self, weight_decay: f64) -> bool {
+        match self.config.trust_ratio {
+            TrustRatio::Never => false,
+            TrustRatio::DecayedOnly => weight_decay != 0.0,
+            TrustRatio::Always => true,
+        }
+    }
+
+    /// Whether steps over `params` run as the fused kernels.
+    fn runs_fused(&self, params: &[NamedParam<B>]) -> bool {
+        self.fused_kernels
+            && params
+                .first()
+                .is_some_and(|param| bert_shaders::lamb::runs_on(&param.value))
+    }
+
     /// One optimizer step at learning rate `lr` over all parameters.
     pub fn step(&mut self, lr: f64, params: Vec<NamedParam<B>>) -> LambStep<B> {
-        let squared_grad_norm = squared_grad_norm(&params);
+        let squared_grad_norm = self.squared_grad_norm(&params);
         self.step_scaled(lr, params, squared_grad_norm, 1.0)
     }
 
+    /// `sum over all gradients of sum(g^2)`: one fused reduction whose square root is the global
+    /// gradient norm, and which is inf or NaN exactly when some gradient is.
+    pub fn squared_grad_norm(&self, params: &[NamedParam<B>]) -> SquaredGradNorm<B> {
+        if self.runs_fused(params) {
+            if let Some((squared, flat_grads)) = fused::squared_grad_norm(params) {
+                return SquaredGradNorm {
+                    squared,
+                    flat_grads: Some(flat_grads),
+                };
+            }
+        }
+        let squared = params
+            .iter()
+            .map(|p| sum_of_squares(p.grad.clone()))
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| Tensor::zeros([1], &Default::default()));
+        SquaredGradNorm {
+            squared,
+            flat_grads: None,
+        }
+    }
+
     /// [`Self::step`] for gradients multiplied by `gradient_scale` (the loss scale), whose
-    /// [`squared_grad_norm`] the caller already computed (to check it for overflow). The
+    /// [`Self::squared_grad_norm`] the caller already computed (to check it for overflow). The
     /// unscaling is folded into the clip divisor, so it costs no pass over the gradients.
     pub fn step_scaled(
         &mut self,
         lr: f64,
         params: Vec<NamedParam<B>>,
-        squared_grad_norm: Tensor<B, 1>,
+        norm: SquaredGradNorm<B>,
         gradient_scale: f64,
     ) -> LambStep<B> {
+        let SquaredGradNorm {
+            squared: squared_grad_norm,
+            flat_grads,
+        } = norm;
         if params.is_empty() {
             return LambStep {
                 values: Vec::new(),
@@ -201,6 +274,25 @@ impl<B: Backend> Lamb<B> {
         } else {
             (1.0, 1.0)
         };
+        if self.runs_fused(&params) {
+            let coefficients = LambCoefficients {
+                beta1: config.beta1,
+                beta2: config.beta2,
+                eps: config.eps,
+                correction1,
+                correction2,
+                learning_rate: lr,
+            };
+            if let Some(values) = self.step_fused(&params, flat_grads, &clip_divisor, &coefficients)
+            {
+                return LambStep {
+                    values,
+                    global_grad_norm,
+                };
+            }
+        }
+        // The map's moments are about to be replaced one by one.
+        self.flat_moments = None;
 
         let mut values = Vec::with_capacity(params.len());
         for NamedParam { name, value, grad } in params {
@@ -219,12 +311,7 @@ impl<B: Backend> Lamb<B> {
             if weight_decay != 0.0 {
                 update = update + value.clone() * weight_decay;
             }
-            let applies = match config.trust_ratio {
-                TrustRatio::Never => false,
-                TrustRatio::DecayedOnly => weight_decay != 0.0,
-                TrustRatio::Always => true,
-            };
-            let new_value = if applies {
+            let new_value = if self.trust_ratio_applies(weight_decay) {
                 let ratio = trust_ratio(&value, &update) * lr;
                 value - update * ratio
             } else {
@@ -244,16 +331,6 @@ impl<B: Backend> Lamb<B> {
             global_grad_norm,
         }
     }
-}
-
-/// `sum over all gradients of sum(g^2)`, `[1]`: one fused reduction whose square root is the
-/// global gradient norm, and which is inf or NaN exactly when some gradient is.
-pub fn squared_grad_norm<B: Backend>(params: &[NamedParam<B>]) -> Tensor<B, 1> {
-    params
-        .iter()
-        .map(|p| sum_of_squares(p.grad.clone()))
-        .reduce(|a, b| a + b)
-        .unwrap_or_else(|| Tensor::zeros([1], &Default::default()))
 }
 
 /// Elements summed in one sequential run by [`sum_of_squares`].

@@ -7,7 +7,7 @@ pub mod loss_scale;
 pub(crate) mod params;
 pub mod schedule;
 
-pub use lamb::{squared_grad_norm, Lamb, LambConfig, LambStep, Moments, NamedParam, TrustRatio};
+pub use lamb::{Lamb, LambConfig, LambStep, Moments, NamedParam, SquaredGradNorm, TrustRatio};
 pub use loss_scale::{DivergenceGuard, LossScaler, LossScaling, StepOutcome};
 pub use params::{module_params, ParamPlacement};
 pub use schedule::LrSchedule;

@@ -1,10 +1,12 @@
 //! `bert-native bench`: throughput and latency of the forward pass (`forward`), of pretraining
-//! steps (`pretrain`) and of the data-parallel all-reduce (`allreduce`) on synthetic data, one
+//! steps (`pretrain`), of the data-parallel all-reduce (`allreduce`) and of the optimizer step
+//! (`optimizer`, fused kernels against plain tensor operations) on synthetic data, one
 //! JSON line each, to set beside a reference measured on the same machine (see `bench/` and
 //! `docs/benchmarks.md`).
 
 mod allreduce;
 mod forward;
+mod optimizer;
 mod pretrain;
 
 use anyhow::Result;
@@ -21,6 +23,9 @@ pub enum BenchCommand {
     SquadInference(forward::SquadInferenceArgs),
     /// The data-parallel gradient all-reduce alone (run under `launch` for several ranks).
     Allreduce(allreduce::AllReduceBenchArgs),
+    /// One NVLAMB step over a configuration's parameters, fused kernels against plain tensor
+    /// operations.
+    Optimizer(optimizer::OptimizerBenchArgs),
 }
 
 /// Runs a benchmark.
@@ -30,6 +35,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Pretrain(args) => pretrain::run(args),
         BenchCommand::SquadInference(args) => forward::run_squad_inference(args),
         BenchCommand::Allreduce(args) => allreduce::run(args),
+        BenchCommand::Optimizer(args) => optimizer::run(args),
     }
 }
 

@@ -1,0 +1,179 @@
+//! `bert-native bench optimizer`: one NVLAMB step over every parameter of a configuration
+//! (BERT-large: 398 tensors, 335M values), as bert-shaders' fused kernels run it and as plain
+//! tensor operations, on the same backend in the same run: the before and after of the fused
+//! kernels. Both start from the same values and gradients; the report gives their largest
+//! difference after the first step beside the timings.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use bert_core::model::BertForPreTraining;
+use bert_core::optim::{Lamb, LambConfig, NamedParam};
+use bert_core::BertConfig;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+use burn_store::ModuleSnapshot;
+use clap::Args;
+
+use super::{time_iterations, timing_summary, Timings};
+use crate::backend::{self, BackendKind, Job};
+
+/// Arguments of `bench optimizer`.
+#[derive(Debug, Args)]
+pub struct OptimizerBenchArgs {
+    /// Preset whose parameters are stepped: base or large.
+    #[arg(long, default_value = "large", conflicts_with = "config_file")]
+    config: String,
+    /// A configuration file instead of a preset.
+    #[arg(long)]
+    config_file: Option<PathBuf>,
+    /// Timed steps of each variant.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Untimed steps of each variant first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    backend: BackendKind,
+}
+
+/// Runs `bench optimizer`.
+pub fn run(args: OptimizerBenchArgs) -> Result<()> {
+    if args.steps == 0 {
+        bail!("need --steps >= 1");
+    }
+    let config = match &args.config_file {
+        Some(path) => BertConfig::from_json(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        )
+        .with_context(|| path.display().to_string())?,
+        None => BertConfig::from_preset(&args.config)?,
+    };
+    let backend_name = args.backend.to_string();
+    let report = backend::run(
+        args.backend,
+        OptimizerBench {
+            config: config.clone(),
+            steps: args.steps,
+            warmup: args.warmup,
+        },
+    )?;
+    let summary = |timings: Option<Timings>| {
+        timings.map(|mut t| {
+            let s = timing_summary(&mut t.timed_ms, 1);
+            serde_json::json!({ "step_ms": s.latency_ms, "first_step_ms": t.first_ms })
+        })
+    };
+    let plain_mean = mean(&report.plain.timed_ms);
+    let fused_mean = report.fused.as_ref().map(|t| mean(&t.timed_ms));
+    let json = serde_json::json!({
+        "benchmark": "optimizer",
+        "backend": backend_name,
+        "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
+        "tensors": report.tensors,
+        "parameters": report.parameters,
+        "steps": args.steps,
+        "plain": summary(Some(report.plain)),
+        "fused": summary(report.fused),
+        "fused_speedup": fused_mean.map(|fused| plain_mean / fused),
+        "max_abs_difference": report.max_abs_difference,
+    });
+    println!("{json}");
+    Ok(())
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+struct OptimizerBench {
+    config: BertConfig,
+    steps: usize,
+    warmup: usize,
+}
+
+/// What the benchmark measured.
+struct OptimizerReport {
+    tensors: usize,
+    parameters: usize,
+    plain: Timings,
+    /// `None` where the backend has no fused kernels.
+    fused: Option<Timings>,
+    /// Largest difference of the parameters after one step of each variant.
+    max_abs_difference: Option<f64>,
+}
+
+impl Job for OptimizerBench {
+    type Output = OptimizerReport;
+
+    fn run<B: Backend>(self, device: B::Device) -> Result<OptimizerReport> {
+        let model = BertForPreTraining::<B>::new(&self.config, &device);
+        // The model's parameter names (they decide weight decay) and sizes; values and gradients
+        // drawn at the scale of BERT's initialisation and of its pretraining gradients.
+        let (names, sizes): (Vec<String>, Vec<usize>) = model
+            .collect(None, None, false)
+            .into_iter()
+            .map(|snapshot| (snapshot.full_path(), snapshot.shape.num_elements()))
+            .unzip();
+        let random = |std: f64| -> Vec<Tensor<B, 1>> {
+            sizes
+                .iter()
+                .map(|&len| Tensor::random([len], Distribution::Normal(0.0, std), &device))
+                .collect()
+        };
+        let values = random(0.02);
+        let grads = random(1e-3);
+        let params = || -> Vec<NamedParam<B>> {
+            names
+                .iter()
+                .zip(&values)
+                .zip(&grads)
+                .map(|((name, value), grad)| NamedParam {
+                    name: name.clone(),
+                    value: value.clone(),
+                    grad: grad.clone(),
+                })
+                .collect()
+        };
+        let time = |fused: bool| -> Result<(Timings, Vec<Tensor<B, 1>>)> {
+            let mut optimizer = Lamb::<B>::new(LambConfig::default());
+            optimizer.set_fused_kernels(fused);
+            let mut first = None;
+            let timings = time_iterations(self.warmup, self.steps, || {
+                let params = params();
+                let squared_norm = optimizer.squared_grad_norm(&params);
+                let step = optimizer.step_scaled(1e-3, params, squared_norm, 1.0);
+                B::sync(&device).map_err(|e| anyhow::anyhow!("the device failed: {e:?}"))?;
+                first.get_or_insert(step.values);
+                Ok(())
+            })?;
+            Ok((timings, first.unwrap_or_default()))
+        };
+        let (plain, plain_values) = time(false)?;
+        let fused = if values.first().is_some_and(bert_shaders::lamb::runs_on) {
+            Some(time(true)?)
+        } else {
+            None
+        };
+        let max_abs_difference = fused.as_ref().map(|(_, fused_values)| {
+            fused_values
+                .iter()
+                .zip(&plain_values)
+                .map(|(f, p)| {
+                    let difference = (f.clone() - p.clone()).abs().max().into_scalar();
+                    burn::tensor::ElementConversion::elem::<f64>(difference)
+                })
+                .fold(0.0, f64::max)
+        });
+        Ok(OptimizerReport {
+            tensors: names.len(),
+            parameters: sizes.iter().sum(),
+            plain,
+            fused: fused.map(|(timings, _)| timings),
+            max_abs_difference,
+        })
+    }
+}

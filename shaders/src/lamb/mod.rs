@@ -1,0 +1,247 @@
+//! NVLAMB over all parameters at once: the whole optimizer step in four kernel launches instead
+//! of a dozen per parameter tensor (see [`lamb_step`]).
+//!
+//! The parameters, gradients and moments lie in flat buffers, one tensor after the other, as a
+//! [`FlatLayout`] describes; each tensor is split into chunks of at most 4096 elements so a chunk
+//! never straddles two tensors, which is what lets one launch compute every tensor's own norms.
+
+#[cfg(feature = "gpu")]
+pub(crate) mod kernels;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// Elements of one chunk at most.
+const CHUNK_LEN: usize = 4096;
+
+/// One parameter tensor in the flat buffers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Segment {
+    /// Its number of elements.
+    pub len: usize,
+    /// Its decoupled weight decay (0 for biases and LayerNorm).
+    pub weight_decay: f32,
+    /// Whether its step is scaled by the trust ratio `||w|| / ||u||`.
+    pub trust_ratio: bool,
+}
+
+/// Where each parameter tensor lies in the flat buffers, and their chunks, as the kernels read
+/// them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlatLayout {
+    /// Elements in all.
+    pub(crate) len: usize,
+    /// `[tensor, start, end)` of each chunk.
+    pub(crate) chunks: Vec<u32>,
+    /// `[first chunk, end chunk, trust ratio applies]` of each tensor.
+    pub(crate) tensors: Vec<u32>,
+    /// Weight decay of each tensor.
+    pub(crate) weight_decay: Vec<f32>,
+}
+
+impl FlatLayout {
+    /// The layout of `segments` laid end to end, or `None` when the buffers would be too long
+    /// for 32-bit offsets (over 4G elements).
+    pub fn new(segments: &[Segment]) -> Option<Self> {
+        let len: usize = segments.iter().map(|s| s.len).sum();
+        u32::try_from(len).ok()?;
+        let mut chunks = Vec::new();
+        let mut tensors = Vec::with_capacity(segments.len() * 3);
+        let mut offset = 0usize;
+        for (tensor, segment) in segments.iter().enumerate() {
+            let first_chunk = chunks.len() / 3;
+            let end = offset + segment.len;
+            let mut start = offset;
+            while start < end {
+                let chunk_end = (start + CHUNK_LEN).min(end);
+                chunks.extend([tensor as u32, start as u32, chunk_end as u32]);
+                start = chunk_end;
+            }
+            tensors.extend([
+                first_chunk as u32,
+                (chunks.len() / 3) as u32,
+                u32::from(segment.trust_ratio),
+            ]);
+            offset = end;
+        }
+        Some(Self {
+            len,
+            chunks,
+            tensors,
+            weight_decay: segments.iter().map(|s| s.weight_decay).collect(),
+        })
+    }
+
+    /// Elements in all.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of parameter tensors.
+    pub fn tensors(&self) -> usize {
+        self.weight_decay.len()
+    }
+
+    /// Number of chunks.
+    pub(crate) fn chunks(&self) -> usize {
+        self.chunks.len() / 3
+    }
+}
+
+/// The step's constants, as the plain-tensor NVLAMB computes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LambCoefficients {
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to `sqrt(v_hat)`.
+    pub eps: f64,
+    /// `1 - beta1^t` (1 without bias correction).
+    pub correction1: f64,
+    /// `1 - beta2^t` (1 without bias correction).
+    pub correction2: f64,
+    /// This step's learning rate.
+    pub learning_rate: f64,
+}
+
+impl LambCoefficients {
+    /// As the kernels read them: beta1, 1 - beta1, beta2, 1 - beta2, the two corrections, eps,
+    /// learning rate.
+    pub(crate) fn as_f32(&self) -> [f32; 8] {
+        [
+            self.beta1 as f32,
+            (1.0 - self.beta1) as f32,
+            self.beta2 as f32,
+            (1.0 - self.beta2) as f32,
+            self.correction1 as f32,
+            self.correction2 as f32,
+            self.eps as f32,
+            self.learning_rate as f32,
+        ]
+    }
+}
+
+/// A parameter buffer and its two moments, flat as a [`FlatLayout`] says.
+#[derive(Debug, Clone)]
+pub struct FlatLambState<B: Backend> {
+    /// Parameter values.
+    pub value: Tensor<B, 1>,
+    /// First moment `m`.
+    pub exp_avg: Tensor<B, 1>,
+    /// Second moment `v`.
+    pub exp_avg_sq: Tensor<B, 1>,
+}
+
+/// Whether the kernels run on float32 tensors of backend `B` on `tensor`'s device (a GPU backend
+/// whose feature is on, on a device that binds enough buffers per kernel).
+pub fn runs_on<B: Backend>(tensor: &Tensor<B, 1>) -> bool {
+    #[cfg(feature = "gpu")]
+    {
+        crate::backend::runs_on(tensor)
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = tensor;
+        false
+    }
+}
+
+/// `sum(values^2)` as a `[1]` tensor: one launch summing each chunk, one summing the chunks.
+/// `None` when the kernels do not run there (see [`runs_on`]).
+pub fn squared_norm<B: Backend>(
+    values: &Tensor<B, 1>,
+    layout: &FlatLayout,
+) -> Option<Tensor<B, 1>> {
+    #[cfg(feature = "gpu")]
+    {
+        let [norm] = crate::backend::run(
+            [values],
+            crate::backend::FusedOp::SquaredNorm(std::sync::Arc::new(layout.clone())),
+        )?;
+        Some(norm)
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = (values, layout);
+        None
+    }
+}
+
+/// One NVLAMB step over every parameter: `grad` is divided by `clip_divisor` (`[1]`, the global
+/// clip times any loss scale), the moments advance, each tensor's update is scaled by the learning
+/// rate and, where it applies, its trust ratio. Returns the new state, or
+/// `None` when the kernels do not run there (see [`runs_on`]).
+pub fn lamb_step<B: Backend>(
+    grad: &Tensor<B, 1>,
+    state: &FlatLambState<B>,
+    clip_divisor: &Tensor<B, 1>,
+    layout: &FlatLayout,
+    coefficients: &LambCoefficients,
+) -> Option<FlatLambState<B>> {
+    #[cfg(feature = "gpu")]
+    {
+        let [value, exp_avg, exp_avg_sq] = crate::backend::run(
+            [
+                grad,
+                &state.value,
+                &state.exp_avg,
+                &state.exp_avg_sq,
+                clip_divisor,
+            ],
+            crate::backend::FusedOp::LambStep(
+                std::sync::Arc::new(layout.clone()),
+                coefficients.as_f32(),
+            ),
+        )?;
+        Some(FlatLambState {
+            value,
+            exp_avg,
+            exp_avg_sq,
+        })
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = (grad, state, clip_divisor, layout, coefficients);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_never_straddle_tensors() {
+        let layout = FlatLayout::new(&[
+            Segment {
+                len: 5000,
+                weight_decay: 0.01,
+                trust_ratio: true,
+            },
+            Segment {
+                len: 3,
+                weight_decay: 0.0,
+                trust_ratio: false,
+            },
+            Segment {
+                len: 4096,
+                weight_decay: 0.01,
+                trust_ratio: true,
+            },
+        ])
+        .unwrap();
+        assert_eq!(layout.len(), 9099);
+        assert_eq!(
+            layout.chunks,
+            [0, 0, 4096, 0, 4096, 5000, 1, 5000, 5003, 2, 5003, 9099]
+        );
+        assert_eq!(layout.tensors, [0, 2, 1, 2, 3, 0, 3, 4, 1]);
+        assert_eq!(layout.weight_decay, [0.01, 0.0, 0.01]);
+    }
+}
