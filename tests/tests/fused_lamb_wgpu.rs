@@ -1,6 +1,7 @@
-//! bert-shaders' fused NVLAMB kernels (CubeCL, here compiled to SPIR-V for Mesa's lavapipe) against
-//! the plain-tensor NVLAMB on the same wgpu device: three steps of each trust-ratio variant over
-//! tensors of one, several and partial chunks, with and without clipping and a loss scale.
+//! bert-shaders' fused NVLAMB kernels (CubeCL, here compiled to WGSL for Mesa's lavapipe) against
+//! the plain-tensor NVLAMB on the same wgpu device: three fused steps of each trust-ratio variant
+//! over tensors of one, several and partial chunks, with and without clipping and a loss scale,
+//! then a fourth step with the kernels turned off (the moments leave their flat buffers).
 
 use bert_core::optim::{Lamb, LambConfig, NamedParam, TrustRatio};
 use burn::backend::wgpu::{Wgpu, WgpuDevice};
@@ -47,7 +48,10 @@ fn compare(config: LambConfig, gradient_scale: f64, grad_std: f64) {
         .map(|(_, len)| random(*len, 0.05, &device))
         .collect();
     let mut plain_values = fused_values.clone();
-    for step in 1..=3 {
+    for step in 1..=4 {
+        if step == 4 {
+            fused.set_fused_kernels(false);
+        }
         let grads: Vec<Tensor<B, 1>> = PARAMS
             .iter()
             .map(|(_, len)| random(*len, grad_std, &device) * gradient_scale)

@@ -115,8 +115,8 @@ pub struct Lamb<B: Backend> {
     step: u64,
     moments: BTreeMap<String, Moments<B>>,
     fused_kernels: bool,
-    /// The moments as the fused kernels last left them, laid end to end (`moments` holds views
-    /// of these buffers): the next fused step over the same parameters starts from them.
+    /// The moments as the fused kernels last left them, in their flat buffers; while set, they
+    /// are the moments and `moments` is empty.
     flat_moments: Option<fused::FlatMoments<B>>,
 }
 
@@ -167,8 +167,11 @@ impl<B: Backend> Lamb<B> {
     }
 
     /// The moments of each parameter, for checkpoints.
-    pub fn moments(&self) -> &BTreeMap<String, Moments<B>> {
-        &self.moments
+    pub fn moments(&self) -> BTreeMap<String, Moments<B>> {
+        match &self.flat_moments {
+            Some(flat) => flat.to_map(),
+            None => self.moments.clone(),
+        }
     }
 
     /// Restores a checkpointed state.
@@ -291,8 +294,9 @@ impl<B: Backend> Lamb<B> {
                 };
             }
         }
-        // The map's moments are about to be replaced one by one.
-        self.flat_moments = None;
+        if let Some(flat) = self.flat_moments.take() {
+            self.moments = flat.to_map();
+        }
 
         let mut values = Vec::with_capacity(params.len());
         for NamedParam { name, value, grad } in params {

@@ -202,7 +202,8 @@ mod tests {
             losses[39] < 0.1 * losses[0],
             "loss did not fall: {losses:?}"
         );
-        let names: Vec<&String> = optimizer.moments().keys().collect();
+        let moments = optimizer.moments();
+        let names: Vec<&String> = moments.keys().collect();
         assert!(
             names
                 .iter()

@@ -4,6 +4,8 @@
 //! The parameters, gradients and moments lie in flat buffers, one tensor after the other, as a
 //! [`FlatLayout`] describes; each tensor is split into chunks of at most 4096 elements so a chunk
 //! never straddles two tensors, which is what lets one launch compute every tensor's own norms.
+//! Each tensor starts at a multiple of [`ALIGNMENT`] elements, so taking it back out of a buffer
+//! is a view, not a copy.
 
 #[cfg(feature = "gpu")]
 pub(crate) mod kernels;
@@ -13,6 +15,11 @@ use burn::tensor::Tensor;
 
 /// Elements of one chunk at most.
 const CHUNK_LEN: usize = 4096;
+
+/// Each tensor starts at a multiple of this many elements in the flat buffers (256 bytes of
+/// float32: burn's GPU backends slice a buffer without copying only at aligned offsets, and 256
+/// bytes is WebGPU's offset alignment). The elements between tensors are never read.
+pub const ALIGNMENT: usize = 64;
 
 /// One parameter tensor in the flat buffers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,8 +36,10 @@ pub struct Segment {
 /// them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlatLayout {
-    /// Elements in all.
+    /// Elements of a buffer, the gaps between tensors included.
     pub(crate) len: usize,
+    /// Where each tensor starts.
+    offsets: Vec<usize>,
     /// `[tensor, start, end)` of each chunk.
     pub(crate) chunks: Vec<u32>,
     /// `[first chunk, end chunk, trust ratio applies]` of each tensor.
@@ -40,15 +49,15 @@ pub struct FlatLayout {
 }
 
 impl FlatLayout {
-    /// The layout of `segments` laid end to end, or `None` when the buffers would be too long
-    /// for 32-bit offsets (over 4G elements).
+    /// The layout of `segments` one after the other (each at the next multiple of
+    /// [`ALIGNMENT`]), or `None` when the buffers would be too long for 32-bit offsets.
     pub fn new(segments: &[Segment]) -> Option<Self> {
-        let len: usize = segments.iter().map(|s| s.len).sum();
-        u32::try_from(len).ok()?;
         let mut chunks = Vec::new();
         let mut tensors = Vec::with_capacity(segments.len() * 3);
+        let mut offsets = Vec::with_capacity(segments.len());
         let mut offset = 0usize;
         for (tensor, segment) in segments.iter().enumerate() {
+            offsets.push(offset);
             let first_chunk = chunks.len() / 3;
             let end = offset + segment.len;
             let mut start = offset;
@@ -62,19 +71,26 @@ impl FlatLayout {
                 (chunks.len() / 3) as u32,
                 u32::from(segment.trust_ratio),
             ]);
-            offset = end;
+            offset = end.next_multiple_of(ALIGNMENT);
         }
+        u32::try_from(offset).ok()?;
         Some(Self {
-            len,
+            len: offset,
+            offsets,
             chunks,
             tensors,
             weight_decay: segments.iter().map(|s| s.weight_decay).collect(),
         })
     }
 
-    /// Elements in all.
+    /// Elements of a buffer, the gaps between tensors included.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Where each tensor starts in a buffer.
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
     }
 
     /// Whether there are no elements.
@@ -127,7 +143,7 @@ impl LambCoefficients {
     }
 }
 
-/// A parameter buffer and its two moments, flat as a [`FlatLayout`] says.
+/// A parameter buffer and its two moments, laid out as a [`FlatLayout`] says.
 #[derive(Debug, Clone)]
 pub struct FlatLambState<B: Backend> {
     /// Parameter values.
@@ -217,7 +233,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_never_straddle_tensors() {
+    fn tensors_start_aligned_and_chunks_never_straddle_them() {
         let layout = FlatLayout::new(&[
             Segment {
                 len: 5000,
@@ -236,10 +252,12 @@ mod tests {
             },
         ])
         .unwrap();
-        assert_eq!(layout.len(), 9099);
+        // 5000 -> 5056 and 5059 -> 5120: every tensor starts at a multiple of 64.
+        assert_eq!(layout.offsets(), [0, 5056, 5120]);
+        assert_eq!(layout.len(), 9216);
         assert_eq!(
             layout.chunks,
-            [0, 0, 4096, 0, 4096, 5000, 1, 5000, 5003, 2, 5003, 9099]
+            [0, 0, 4096, 0, 4096, 5000, 1, 5056, 5059, 2, 5120, 9216]
         );
         assert_eq!(layout.tensors, [0, 2, 1, 2, 3, 0, 3, 4, 1]);
         assert_eq!(layout.weight_decay, [0.01, 0.0, 0.01]);

@@ -1,12 +1,14 @@
-//! The NVLAMB step as bert-shaders' fused kernels: the parameters laid end to end in flat buffers
-//! (a tensor larger than [`FLAT_BUFFER_LEN`] gets one of its own), and each buffer stepped in four
-//! kernel launches whatever its number of tensors, as apex's multi-tensor LAMB does. The result is
-//! the plain step's (`tests/tests/fused_lamb_wgpu.rs` compares them).
+//! The NVLAMB step as bert-shaders' fused kernels: the parameters laid one after the other in
+//! flat buffers (a tensor larger than [`FLAT_BUFFER_LEN`] gets one of its own), and each buffer
+//! stepped in four kernel launches whatever its number of tensors, as apex's multi-tensor LAMB
+//! does. The result is the plain step's (`tests/tests/fused_lamb_wgpu.rs` compares them).
 //!
-//! The moments stay in their flat buffers between steps (the optimizer's map holds views of
-//! them); the values and gradients are laid end to end at each step, since burn keeps every
-//! parameter and gradient in a buffer of its own.
+//! The moments stay in their flat buffers between steps and are cut into tensors only when asked
+//! for ([`Lamb::moments`]); the values and gradients are laid out at each step (burn keeps every
+//! parameter and gradient in a buffer of its own), one copy per tensor, and the new values are
+//! views of the new buffer.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 use bert_shaders::lamb::{FlatLambState, FlatLayout, LambCoefficients, Segment};
@@ -26,8 +28,29 @@ pub(super) struct FlatMoments<B: Backend> {
     /// Name and length of each parameter, in order: the next step reuses the buffers only for
     /// the same parameters.
     segments: Vec<(String, usize)>,
+    /// The buffer and offset of each parameter.
+    placements: Vec<(usize, usize)>,
     /// `(exp_avg, exp_avg_sq)` of each group.
     buffers: Vec<(Tensor<B, 1>, Tensor<B, 1>)>,
+}
+
+impl<B: Backend> FlatMoments<B> {
+    /// The moments by parameter name.
+    pub(super) fn to_map(&self) -> BTreeMap<String, Moments<B>> {
+        self.segments
+            .iter()
+            .zip(&self.placements)
+            .map(|((name, len), &(buffer, offset))| {
+                let (exp_avg, exp_avg_sq) = &self.buffers[buffer];
+                let range = offset..offset + len;
+                let moments = Moments {
+                    exp_avg: exp_avg.clone().slice([range.clone()]),
+                    exp_avg_sq: exp_avg_sq.clone().slice([range]),
+                };
+                (name.clone(), moments)
+            })
+            .collect()
+    }
 }
 
 /// The tensors (by index) of each flat buffer: consecutive runs of at most [`FLAT_BUFFER_LEN`]
@@ -50,30 +73,50 @@ fn buffer_groups(lens: &[usize]) -> Vec<Range<usize>> {
     groups
 }
 
-/// The tensors laid end to end.
-fn flat<B: Backend>(tensors: impl Iterator<Item = Tensor<B, 1>>) -> Tensor<B, 1> {
-    Tensor::cat(tensors.collect(), 0)
+/// `tensors` laid out in one buffer as `layout` says (one copy each; the gaps left unwritten).
+fn lay_out<B: Backend>(
+    tensors: impl Iterator<Item = Tensor<B, 1>>,
+    layout: &FlatLayout,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    tensors.zip(layout.offsets()).fold(
+        Tensor::empty([layout.len()], device),
+        |flat, (tensor, &offset)| {
+            let range = offset..offset + tensor.dims()[0];
+            flat.slice_assign([range], tensor)
+        },
+    )
 }
 
-/// The squared global gradient norm and the gradients laid end to end, one buffer per group;
-/// `None` when the kernels cannot run (or there are no gradients).
+/// The layout of parameters of these lengths that only the global norm reads.
+fn norm_layout(lens: &[usize]) -> Option<FlatLayout> {
+    let segments: Vec<Segment> = lens
+        .iter()
+        .map(|&len| Segment {
+            len,
+            weight_decay: 0.0,
+            trust_ratio: false,
+        })
+        .collect();
+    FlatLayout::new(&segments)
+}
+
+/// The squared global gradient norm and the gradients laid out, one buffer per group; `None`
+/// when the kernels cannot run (or there are no gradients).
 pub(super) fn squared_grad_norm<B: Backend>(
     params: &[NamedParam<B>],
 ) -> Option<(Tensor<B, 1>, Vec<Tensor<B, 1>>)> {
+    let device = params.first()?.grad.device();
     let lens: Vec<usize> = params.iter().map(|p| p.grad.dims()[0]).collect();
     let mut total: Option<Tensor<B, 1>> = None;
     let mut grads = Vec::new();
     for group in buffer_groups(&lens) {
-        let segments: Vec<Segment> = lens[group.clone()]
-            .iter()
-            .map(|&len| Segment {
-                len,
-                weight_decay: 0.0,
-                trust_ratio: false,
-            })
-            .collect();
-        let layout = FlatLayout::new(&segments)?;
-        let grad = flat(params[group].iter().map(|p| p.grad.clone()));
+        let layout = norm_layout(&lens[group.clone()])?;
+        let grad = lay_out(
+            params[group].iter().map(|p| p.grad.clone()),
+            &layout,
+            &device,
+        );
         let squared = bert_shaders::lamb::squared_norm(&grad, &layout)?;
         total = Some(match total {
             Some(total) => total + squared,
@@ -86,8 +129,8 @@ pub(super) fn squared_grad_norm<B: Backend>(
 
 impl<B: Backend> Lamb<B> {
     /// The step's new values as the kernels compute them, the moments updated; `flat_grads`: the
-    /// gradients already laid end to end by [`squared_grad_norm`]. `None`, and nothing changed,
-    /// when the kernels cannot run.
+    /// gradients already laid out by [`squared_grad_norm`]. `None`, and nothing changed, when
+    /// the kernels cannot run.
     pub(super) fn step_fused(
         &mut self,
         params: &[NamedParam<B>],
@@ -95,6 +138,7 @@ impl<B: Backend> Lamb<B> {
         clip_divisor: &Tensor<B, 1>,
         coefficients: &LambCoefficients,
     ) -> Option<Vec<Tensor<B, 1>>> {
+        let device = params.first()?.value.device();
         let lens: Vec<usize> = params.iter().map(|p| p.value.dims()[0]).collect();
         let groups = buffer_groups(&lens);
         let key: Vec<(String, usize)> = params
@@ -102,8 +146,12 @@ impl<B: Backend> Lamb<B> {
             .zip(&lens)
             .map(|(param, &len)| (param.name.clone(), len))
             .collect();
-        let previous = self.flat_moments.take().filter(|m| m.segments == key);
+        // The flat moments serve only the same parameters; otherwise the map takes over.
+        if let Some(flat) = self.flat_moments.take_if(|flat| flat.segments != key) {
+            self.moments = flat.to_map();
+        }
         let flat_grads = flat_grads.filter(|grads| grads.len() == groups.len());
+        let mut layouts = Vec::with_capacity(groups.len());
         let mut steps = Vec::with_capacity(groups.len());
         for (index, group) in groups.iter().enumerate() {
             let group_params = &params[group.clone()];
@@ -119,8 +167,8 @@ impl<B: Backend> Lamb<B> {
                 })
                 .collect();
             let layout = FlatLayout::new(&segments)?;
-            let (exp_avg, exp_avg_sq) = match &previous {
-                Some(moments) => moments.buffers[index].clone(),
+            let (exp_avg, exp_avg_sq) = match &self.flat_moments {
+                Some(flat) => flat.buffers[index].clone(),
                 None => {
                     let (exp_avg, exp_avg_sq): (Vec<_>, Vec<_>) = group_params
                         .iter()
@@ -129,17 +177,28 @@ impl<B: Backend> Lamb<B> {
                             None => (param.value.zeros_like(), param.value.zeros_like()),
                         })
                         .unzip();
-                    (flat(exp_avg.into_iter()), flat(exp_avg_sq.into_iter()))
+                    (
+                        lay_out(exp_avg.into_iter(), &layout, &device),
+                        lay_out(exp_avg_sq.into_iter(), &layout, &device),
+                    )
                 }
             };
             let state = FlatLambState {
-                value: flat(group_params.iter().map(|p| p.value.clone())),
+                value: lay_out(
+                    group_params.iter().map(|p| p.value.clone()),
+                    &layout,
+                    &device,
+                ),
                 exp_avg,
                 exp_avg_sq,
             };
             let grad = match &flat_grads {
                 Some(grads) => grads[index].clone(),
-                None => flat(group_params.iter().map(|p| p.grad.clone())),
+                None => lay_out(
+                    group_params.iter().map(|p| p.grad.clone()),
+                    &layout,
+                    &device,
+                ),
             };
             steps.push(bert_shaders::lamb::lamb_step(
                 &grad,
@@ -148,28 +207,26 @@ impl<B: Backend> Lamb<B> {
                 &layout,
                 coefficients,
             )?);
+            layouts.push(layout);
         }
-        // Every group ran: the new values and moments are views of the new buffers.
+        // Every group ran: the new values are views of the new buffers, which keep the moments.
         let mut values = Vec::with_capacity(params.len());
+        let mut placements = Vec::with_capacity(params.len());
         let mut buffers = Vec::with_capacity(groups.len());
-        for (group, next) in groups.into_iter().zip(steps) {
-            let mut offset = 0;
-            for (param, &len) in params[group.clone()].iter().zip(&lens[group]) {
+        for (buffer, ((group, layout), next)) in
+            groups.into_iter().zip(layouts).zip(steps).enumerate()
+        {
+            for (&len, &offset) in lens[group].iter().zip(layout.offsets()) {
                 let range = offset..offset + len;
-                offset = range.end;
-                values.push(next.value.clone().slice([range.clone()]));
-                self.moments.insert(
-                    param.name.clone(),
-                    Moments {
-                        exp_avg: next.exp_avg.clone().slice([range.clone()]),
-                        exp_avg_sq: next.exp_avg_sq.clone().slice([range]),
-                    },
-                );
+                values.push(next.value.clone().slice([range]));
+                placements.push((buffer, offset));
             }
             buffers.push((next.exp_avg, next.exp_avg_sq));
         }
+        self.moments.clear();
         self.flat_moments = Some(FlatMoments {
             segments: key,
+            placements,
             buffers,
         });
         Some(values)
