@@ -15,9 +15,9 @@
 //! apex's multi-tensor L2 norm.
 //!
 //! On the GPU backends (burn-wgpu, burn-cuda) the step runs as bert-shaders' fused kernels over
-//! all parameters at once, as apex's multi-tensor kernels do: four launches instead of a dozen
-//! per parameter tensor. Elsewhere, and when [`Lamb::set_fused_kernels`] turns them off, it runs
-//! as the tensor operations below, which the kernels are tested against.
+//! all parameters at once, as apex's multi-tensor kernels do (`lamb/fused.rs`): about two
+//! launches per parameter tensor instead of eight. Elsewhere, and when [`Lamb::set_fused_kernels`]
+//! turns them off, it runs as the tensor operations below, which the kernels are tested against.
 
 use std::collections::BTreeMap;
 

@@ -1,5 +1,6 @@
-//! NVLAMB over all parameters at once: the whole optimizer step in four kernel launches instead
-//! of a dozen per parameter tensor (see [`lamb_step`]).
+//! NVLAMB over all parameters at once: a buffer of parameters is stepped in five kernel launches
+//! ([`squared_norm`]: two, [`lamb_step`]: three) whatever its number of tensors, where the plain
+//! tensor step launches about eight per tensor.
 //!
 //! The parameters, gradients and moments lie in flat buffers, one tensor after the other, as a
 //! [`FlatLayout`] describes; each tensor is split into chunks of at most 4096 elements so a chunk

@@ -1,6 +1,6 @@
 //! The NVLAMB step as bert-shaders' fused kernels: the parameters laid one after the other in
 //! flat buffers (a tensor larger than [`FLAT_BUFFER_LEN`] gets one of its own), and each buffer
-//! stepped in four kernel launches whatever its number of tensors, as apex's multi-tensor LAMB
+//! stepped in five kernel launches whatever its number of tensors, as apex's multi-tensor LAMB
 //! does. The result is the plain step's (`tests/tests/fused_lamb_wgpu.rs` compares them).
 //!
 //! The moments stay in their flat buffers between steps and are cut into tensors only when asked
