@@ -63,11 +63,7 @@ impl ModelFiles {
 
     /// Reads and validates the configuration.
     pub fn read_config(&self) -> Result<BertConfig, PretrainedError> {
-        let text = read_to_string(&self.config)?;
-        BertConfig::from_json(&text).map_err(|source| PretrainedError::Config {
-            path: self.config.display().to_string(),
-            source,
-        })
+        read_config(&self.config)
     }
 
     /// Builds the tokenizer: from `tokenizer.json` when present, else from `vocab.txt` lower-casing
@@ -234,6 +230,16 @@ impl ModelBytes {
             report,
         })
     }
+}
+
+/// Reads and validates a configuration file (`config.json` / `bert_config.json` layout); errors
+/// name the file.
+pub fn read_config(path: &Path) -> Result<BertConfig, PretrainedError> {
+    let text = read_to_string(path)?;
+    BertConfig::from_json(&text).map_err(|source| PretrainedError::Config {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn read_to_string(path: &Path) -> Result<String, PretrainedError> {

@@ -97,7 +97,47 @@ fn main() {
         Command::Launch(args) => distributed::launch::run(args),
     };
     if let Err(error) = result {
-        eprintln!("error: {error:#}");
+        eprintln!("error: {}", error_message(&error));
         std::process::exit(1);
+    }
+}
+
+/// The error and its causes, `: `-separated, each cause once: the library errors already write
+/// their source into their own message (`path: what the OS said`), which anyhow's `{:#}` would
+/// repeat.
+fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_message;
+    use bert_core::error::PretrainedError;
+
+    #[test]
+    fn error_messages_name_each_cause_once() {
+        let not_found = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(PretrainedError::Io {
+            path: "/models/config.json".into(),
+            source: not_found,
+        })
+        .context("loading the model");
+        assert_eq!(
+            error_message(&error),
+            "loading the model: /models/config.json: no such file"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_message(&plain), "outer: inner");
     }
 }

@@ -6,9 +6,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bert_core::model::BertForPreTraining;
 use bert_core::optim::{Lamb, LambConfig, NamedParam};
+use bert_core::pretrained::read_config;
 use bert_core::BertConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
@@ -44,11 +45,7 @@ pub fn run(args: OptimizerBenchArgs) -> Result<()> {
         bail!("need --steps >= 1");
     }
     let config = match &args.config_file {
-        Some(path) => BertConfig::from_json(
-            &std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?,
-        )
-        .with_context(|| path.display().to_string())?,
+        Some(path) => read_config(path)?,
         None => BertConfig::from_preset(&args.config)?,
     };
     let backend_name = args.backend.to_string();
@@ -60,14 +57,15 @@ pub fn run(args: OptimizerBenchArgs) -> Result<()> {
             warmup: args.warmup,
         },
     )?;
-    let summary = |timings: Option<Timings>| {
-        timings.map(|mut t| {
-            let s = timing_summary(&mut t.timed_ms, 1);
-            serde_json::json!({ "step_ms": s.latency_ms, "first_step_ms": t.first_ms })
-        })
+    // One "sequence" per iteration: the summary's rate is steps per second.
+    let summarise = |mut timings: Timings| {
+        let summary = timing_summary(&mut timings.timed_ms, 1);
+        let json =
+            serde_json::json!({ "step_ms": summary.latency_ms, "first_step_ms": timings.first_ms });
+        (json, summary.sequences_per_second)
     };
-    let plain_mean = mean(&report.plain.timed_ms);
-    let fused_mean = report.fused.as_ref().map(|t| mean(&t.timed_ms));
+    let (plain, plain_rate) = summarise(report.plain);
+    let fused = report.fused.map(summarise);
     let json = serde_json::json!({
         "benchmark": "optimizer",
         "backend": backend_name,
@@ -76,17 +74,13 @@ pub fn run(args: OptimizerBenchArgs) -> Result<()> {
         "tensors": report.tensors,
         "parameters": report.parameters,
         "steps": args.steps,
-        "plain": summary(Some(report.plain)),
-        "fused": summary(report.fused),
-        "fused_speedup": fused_mean.map(|fused| plain_mean / fused),
+        "plain": plain,
+        "fused": fused.as_ref().map(|(json, _)| json),
+        "fused_speedup": fused.as_ref().map(|(_, rate)| rate / plain_rate),
         "max_abs_difference": report.max_abs_difference,
     });
     println!("{json}");
     Ok(())
-}
-
-fn mean(values: &[f64]) -> f64 {
-    values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
 struct OptimizerBench {

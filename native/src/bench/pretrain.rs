@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bert_core::data::ShardArrays;
 use bert_core::model::BertForPreTraining;
 use bert_core::optim::{LambConfig, LrSchedule};
+use bert_core::pretrained::read_config;
 use bert_core::pretraining::Pretrainer;
 use bert_core::BertConfig;
 use burn::backend::Autodiff;
@@ -60,11 +61,7 @@ pub fn run(args: PretrainBenchArgs) -> Result<()> {
     }
     args.precision.check(args.backend)?;
     let config = match &args.config_file {
-        Some(path) => BertConfig::from_json(
-            &std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?,
-        )
-        .with_context(|| path.display().to_string())?,
+        Some(path) => read_config(path)?,
         None => BertConfig::from_preset(&args.config)?,
     };
     let shard = synthetic_shard(args.batch, args.seq, args.max_pred, config.vocab_size);

@@ -14,7 +14,7 @@ use bert_core::checkpoint::Checkpoint;
 use bert_core::distributed::DataParallel;
 use bert_core::finetune::FineTuning;
 use bert_core::optim::StepOutcome;
-use bert_core::pretrained::ModelFiles;
+use bert_core::pretrained::{read_config, ModelFiles};
 use bert_core::tokenizer::BertTokenizer;
 use bert_core::BertConfig;
 use burn::module::{AutodiffModule, Module};
@@ -74,11 +74,7 @@ impl ModelArgs {
             None => None,
         };
         let config = match (&self.config_file, &files) {
-            (Some(path), _) => BertConfig::from_json(
-                &std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?,
-            )
-            .with_context(|| path.display().to_string())?,
+            (Some(path), _) => read_config(path)?,
             (None, Some(files)) => files.read_config()?,
             (None, None) => bail!(
                 "give --model DIR, or --config-file with --vocab-file (and --init-checkpoint)"

@@ -15,6 +15,7 @@ use bert_core::distributed::DataParallel;
 use bert_core::io::write_atomic;
 use bert_core::model::BertForPreTraining;
 use bert_core::optim::{LambConfig, LrSchedule, StepOutcome, TrustRatio};
+use bert_core::pretrained::read_config;
 use bert_core::pretraining::checkpoint::{encode, TrainingState};
 use bert_core::pretraining::{Pretrainer, StepReport};
 use bert_core::BertConfig;
@@ -211,11 +212,7 @@ impl PretrainArgs {
 
     fn config(&self) -> Result<BertConfig> {
         let config = match &self.config_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                BertConfig::from_json(&text).with_context(|| format!("{}", path.display()))?
-            }
+            Some(path) => read_config(path)?,
             None => BertConfig::from_preset(&self.bert_model)?,
         };
         Ok(if self.pad_vocab {

@@ -157,10 +157,11 @@ impl<B: Backend> Lamb<B> {
             let group_params = &params[group.clone()];
             let segments: Vec<Segment> = group_params
                 .iter()
-                .map(|param| {
+                .zip(&lens[group.clone()])
+                .map(|(param, &len)| {
                     let weight_decay = self.weight_decay(&param.name);
                     Segment {
-                        len: param.value.dims()[0],
+                        len,
                         weight_decay: weight_decay as f32,
                         trust_ratio: self.trust_ratio_applies(weight_decay),
                     }
