@@ -6,15 +6,20 @@
 #                                      it (stripped, xz) into gpu-carry/ (which keeps a
 #                                      kernel-cache.tar.xz put there from an earlier run's output)
 #   scripts/gpu-check.sh run [OUTDIR]  on the GPU machine, from the repository root with gpu-carry/:
-#     0. start-up (kernel compilation, cold and with the kernel caches warm), NCCL's
-#        all-reduce on burn-cuda's buffers (bench allreduce, checked sums), and the fused NVLAMB
-#        kernels against the plain tensor step (bench optimizer: timings and largest difference);
-#     1. correctness at tf32, bf16 and fp16: the PyTorch reference's 4-step pretraining trajectory
-#        (tests/fixtures/pretrain) on CUDA (bench/gpu/trajectory.py), and the golden forward cases'
-#        inputs through a BERT-base on CUDA against the CPU backend's float32 (bench/gpu/compare.py);
-#     2. SQuAD inference (BERT-large, seq 384, batch 8) and BERT-large phase-1 pretraining steps
-#        (seq 128, batch $PRETRAIN_BATCH, 20 masked positions) per precision, then PyTorch on the
-#        same card with torch.autocast (bench/gpu/torch_bert.py), one JSON line each, and the ratios.
+#     A. at the same time, one process each (burn-cuda compiles every kernel with NVRTC and
+#        autotunes every new product shape, single-threaded per process, so a cold start costs
+#        minutes; the 16 cores do it in parallel and fill the shared kernel caches):
+#        correctness at tf32, bf16 and fp16 (the PyTorch reference's 4-step pretraining
+#        trajectory, tests/fixtures/pretrain, via bench/gpu/trajectory.py; the golden forward
+#        cases through a BERT-base on CUDA against the CPU backend's float32, bench/gpu/compare.py)
+#        and one cold pass of every timed benchmark below (its first-pass time is the cold
+#        start-up figure). A monitor samples each process's CPU time and the GPU every 15 s.
+#     B. one at a time, caches warm, most wanted first: SQuAD inference (BERT-large, seq 384,
+#        batch 8) and BERT-large phase-1 pretraining steps (seq 128, batch $PRETRAIN_BATCH, 20
+#        masked positions) per precision, PyTorch on the same card with torch.autocast
+#        (bench/gpu/torch_bert.py), a kernel profile of one bf16 SQuAD pass, the fused NVLAMB
+#        kernels against the plain tensor step (bench optimizer), NCCL's all-reduce on
+#        burn-cuda's buffers (bench allreduce, sums checked); one JSON line each, and the ratios.
 # Every command has its own time limit, so one failure or hang does not cost the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,135 +41,163 @@ OUTDIR=${2:-${OUT:-gpu-out}}
 mkdir -p "$OUTDIR"
 PY=${PYTHON:-python3}
 PRETRAIN_BATCH=${PRETRAIN_BATCH:-64}
-# The whole run stops by this many seconds (device time is scarce): each command gets at most its
-# own limit and never more than what is left.
-DEADLINE=$((SECONDS + ${BUDGET_S:-480}))
+# The whole run stops by this many seconds (device time is scarce), phase A after PHASE_A_S of
+# them: each command gets at most its own limit and never more than what is left, and the last
+# PACK_S are kept for packing the results (the first H200 run lost its logs to the call's limit
+# while packing 165 MB of compiled kernels).
+DEADLINE=$((SECONDS + ${BUDGET_S:-540} - ${PACK_S:-25}))
 WORK=$(mktemp -d)
+LOGS=$WORK/logs
+mkdir -p "$LOGS"
 BIN=$WORK/bert-native
 "$PY" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
     gpu-carry/bert-native.xz "$BIN" && chmod +x "$BIN"
 RESULTS=$OUTDIR/results.jsonl
 : > "$RESULTS"
-log() { echo "== $* ($SECONDS s) ==" >&2; }
+log() { echo "== $* ($SECONDS s) ==" | tee -a "$LOGS/progress.txt" >&2; }
 record() { tee -a "$RESULTS"; }
-limited() {  # limited CAP_SECONDS COMMAND...: runs COMMAND for at most CAP or what is left
-    local cap=$1 left=$((DEADLINE - SECONDS)) started=$SECONDS status=0
-    shift
-    [ "$left" -gt 5 ] || { echo "skipped (out of time): $*" >&2; return 124; }
+limited() {  # limited NAME CAP_SECONDS COMMAND...: runs COMMAND for at most CAP or what is left
+    local name=$1 cap=$2 left=$((DEADLINE - SECONDS)) started=$SECONDS status=0
+    shift 2
+    [ "$cap" -gt 5 ] && [ "$left" -gt 5 ] || { echo "skipped (out of time): $name" >&2; return 124; }
     # -k: bert-native finishes its current step on SIGTERM; a step stuck compiling must still end.
-    timeout -k 10 $((cap < left ? cap : left)) "$@" 2>>"$OUTDIR/stderr.txt" || status=$?
+    timeout -k 5 $((cap < left ? cap : left)) "$@" 2>>"$LOGS/$name.err" || status=$?
     # Wall time of every command (start-up and kernel compilation included), for the record.
-    printf '{"seconds": %d, "status": %d, "command": "%s"}\n' $((SECONDS - started)) "$status" "$*" \
-        >> "$OUTDIR/timings.jsonl"
+    printf '{"name": "%s", "started": %d, "seconds": %d, "status": %d, "command": "%s"}\n' \
+        "$name" "$started" $((SECONDS - started)) "$status" "$*" >> "$OUTDIR/timings.jsonl"
     return "$status"
 }
+phase_a_left() { echo $((PHASE_A_END - SECONDS)); }
+cold() { sed 's/^{/{"cold": true, /'; }  # a first pass in a cold process, not a timing
 
 log device
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTDIR/device.txt"
-"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$OUTDIR/device.txt"
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+    nproc
+} | tee "$OUTDIR/summary.txt"
 
-FAILED=0
-log "start-up probe: one small forward pass per precision, kernel compilations logged"
-# burn-cuda compiles each fused kernel (NVRTC) and autotunes products on first use, per process;
-# on the first H200 run that start-up took minutes. Count it before anything is timed.
-mkdir -p "$WORK/tiny"
-cp tests/fixtures/pretrain/config.json "$WORK/tiny/"
-cp tests/fixtures/pretrain/init.safetensors "$WORK/tiny/model.safetensors"
-"$PY" bench/gpu/compare.py write-input tests/fixtures/forward/cases/padded_batch.safetensors "$WORK/probe.json"
 # The kernel caches (compiled PTX, autotune results) start from the last GPU session's when
 # gpu-carry/kernel-cache.tar.xz holds them (copy a run's $OUTDIR/kernel-cache.tar.xz there; the
-# caches sit in a folder per GPU architecture, so an H100 reuses an H200's choices: autotuning only
-# picks among correct kernels, so a stale choice costs speed, never results); the second tf32
-# probe shows what a warm cache saves a later process.
-export BERT_RS_KERNEL_CACHE=$WORK/kernels
+# caches sit in a folder per GPU architecture: autotuning only picks among correct kernels, so a
+# stale choice costs speed, never results).
+export BERT_RS_KERNEL_CACHE=$WORK/kernels CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
 mkdir -p "$BERT_RS_KERNEL_CACHE"
 if [ -f gpu-carry/kernel-cache.tar.xz ]; then
-    tar -xJf gpu-carry/kernel-cache.tar.xz -C "$BERT_RS_KERNEL_CACHE" && echo "kernel caches: carried in" | tee -a "$OUTDIR/probe.txt" >&2
+    "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+        gpu-carry/kernel-cache.tar.xz "$BERT_RS_KERNEL_CACHE" && echo "kernel caches: carried in" | tee -a "$OUTDIR/summary.txt"
 else
-    echo "kernel caches: cold" | tee -a "$OUTDIR/probe.txt" >&2
+    echo "kernel caches: cold" | tee -a "$OUTDIR/summary.txt"
 fi
-for precision in tf32 tf32-again bf16; do
-    PROBE_LOG=$WORK/cubecl-probe-$precision.log
-    CUBECL_DEBUG_LOG=$PROBE_LOG limited 60 "$BIN" encode --model "$WORK/tiny" \
-        --input "$WORK/probe.json" --backend cuda --precision "${precision%-again}" --output "$WORK/probe.safetensors"
-    # The full log holds every kernel's source: keep its size, a count and its beginning.
-    echo "$precision probe: $(wc -c < "$PROBE_LOG" 2>/dev/null || echo 0) bytes of log," \
-        "$(grep -ci compil "$PROBE_LOG" 2>/dev/null || echo 0) lines mentioning compilation" | tee -a "$OUTDIR/probe.txt" >&2
-    head -c 200000 "$PROBE_LOG" > "$OUTDIR/cubecl-probe-$precision-head.log" 2>/dev/null
-done
-
-log "NCCL: the gradient all-reduce of BERT-large on the device buffers (world size 1), checked"
 # PyTorch's wheel carries NCCL as libnccl.so.2; cudarc looks for libnccl.so.
 NCCL_LIB=$("$PY" -c 'import glob, os, torch; print(next(iter(glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "nccl", "lib", "libnccl.so*"))), ""))')
 if [ -n "$NCCL_LIB" ]; then
     mkdir -p "$WORK/nccl" && ln -sf "$(realpath "$NCCL_LIB")" "$WORK/nccl/libnccl.so"
     export LD_LIBRARY_PATH=$WORK/nccl${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
-for half in "" --half; do
-    limited 60 "$BIN" bench allreduce --backend cuda --collective nccl --iterations 10 $half | record || FAILED=1
-done
 
-log "fused NVLAMB (bert-shaders) against plain tensor operations: one step over BERT-large's parameters"
-limited 120 "$BIN" bench optimizer --backend cuda --config large --steps 5 --warmup 2 | record || FAILED=1
-
-log "correctness: the reference's pretraining trajectory on CUDA"
 G=tests/fixtures/pretrain
-for precision in tf32 bf16 fp16; do
-    # A fixed loss scale for fp16 here: a dynamic one may skip the first steps, and then the
-    # steps would see other batches than the reference's.
-    SCALE=(); [ "$precision" = fp16 ] && SCALE=(--loss-scale 4096)
-    rm -rf "$WORK/trajectory"
-    if limited 90 "$BIN" pretrain --config-file $G/config.json --init-checkpoint $G/init.safetensors \
-        --input-dir $G/data --output-dir "$WORK/trajectory" --train-batch-size 16 --gradient-accumulation-steps 2 \
-        --max-steps 4 --learning-rate 1e-3 --warmup-proportion 0.5 --max-seq-length 128 --max-predictions-per-seq 20 \
-        --seed 1 --no-shuffle --disable-progress-bar --skip-checkpoint --backend cuda --precision "$precision" "${SCALE[@]}"; then
-        "$PY" bench/gpu/trajectory.py "$WORK/trajectory/dllogger.json" $G/manifest.json "$precision" | record || FAILED=1
+trajectory() {  # the reference's 4-step trajectory at one precision
+    local precision=$1 scale=()
+    # A fixed loss scale for fp16: a dynamic one may skip the first steps, and then the steps
+    # would see other batches than the reference's.
+    [ "$precision" = fp16 ] && scale=(--loss-scale 4096)
+    if limited "trajectory-$precision" "$(phase_a_left)" "$BIN" pretrain --config-file $G/config.json \
+        --init-checkpoint $G/init.safetensors --input-dir $G/data --output-dir "$WORK/trajectory-$precision" \
+        --train-batch-size 16 --gradient-accumulation-steps 2 --max-steps 4 --learning-rate 1e-3 \
+        --warmup-proportion 0.5 --max-seq-length 128 --max-predictions-per-seq 20 --seed 1 --no-shuffle \
+        --disable-progress-bar --skip-checkpoint --backend cuda --precision "$precision" "${scale[@]}" > /dev/null; then
+        "$PY" bench/gpu/trajectory.py "$WORK/trajectory-$precision/dllogger.json" $G/manifest.json "$precision" | record
     else
-        echo "{\"check\": \"pretrain-trajectory\", \"precision\": \"$precision\", \"pass\": false, \"error\": \"pretrain failed\"}" | record
-        FAILED=1
+        echo "{\"check\": \"pretrain-trajectory\", \"precision\": \"$precision\", \"pass\": false, \"error\": \"pretrain failed or ran out of time\"}" | record
     fi
-done
+}
+CASES="padded_batch squad_384"
+forward() {  # the golden forward cases' inputs through the BERT-base on one backend and precision
+    local backend=$1 precision=$2
+    for case in $CASES; do
+        limited "forward-$case-$backend-$precision" "$(phase_a_left)" "$BIN" encode --model "$WORK/base" \
+            --input "$WORK/$case.json" --backend "$backend" --precision "$precision" \
+            --output "$WORK/$case.$backend-$precision.safetensors"
+    done
+}
+monitor() {  # each bert-native's CPU time (compiling) and the GPU's use, every 15 s
+    while sleep 15; do
+        echo "-- $SECONDS s"
+        nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+        ps -C bert-native -o pid=,etime=,time=,rss=,args= | cut -c1-160
+    done >> "$LOGS/monitor.txt" 2>&1
+}
 
-log "correctness: BERT-base forward on CUDA against the CPU backend"
-"$PY" bench/gpu/random_bert.py "$WORK/base" --config base
-for case in padded_batch squad_384; do
-    CASE=tests/fixtures/forward/cases/$case.safetensors
-    "$PY" bench/gpu/compare.py write-input "$CASE" "$WORK/$case.json"
-    limited 120 "$BIN" encode --model "$WORK/base" --input "$WORK/$case.json" \
-        --backend ndarray --output "$WORK/$case.cpu.safetensors"
+log "A: correctness and cold first passes, all at once (for at most ${PHASE_A_S:-220} s)"
+"$PY" bench/gpu/random_bert.py "$WORK/base" --config base > /dev/null
+for case in $CASES; do
+    "$PY" bench/gpu/compare.py write-input "tests/fixtures/forward/cases/$case.safetensors" "$WORK/$case.json"
+done
+PHASE_A_END=$((SECONDS + ${PHASE_A_S:-220}))
+monitor &
+MONITOR=$!
+for precision in tf32 bf16 fp16; do
+    trajectory "$precision" &
+    forward cuda "$precision" &
+    limited "cold-squad-$precision" "$(phase_a_left)" "$BIN" bench squad-inference --config large --seq 384 \
+        --batch 8 --iterations 1 --warmup 0 --backend cuda --precision "$precision" | cold | record &
+    limited "cold-pretrain-$precision" "$(phase_a_left)" "$BIN" bench pretrain --config large --seq 128 \
+        --batch "$PRETRAIN_BATCH" --max-pred 20 --steps 1 --warmup 0 --backend cuda --precision "$precision" \
+        | cold | record &
+done
+forward ndarray fp32 &
+limited cold-optimizer "$(phase_a_left)" "$BIN" bench optimizer --backend cuda --config large --steps 1 \
+    --warmup 0 | cold | record &
+wait $(jobs -p | grep -vx "$MONITOR")
+for case in $CASES; do
     for precision in tf32 bf16 fp16; do
-        if limited 90 "$BIN" encode --model "$WORK/base" --input "$WORK/$case.json" \
-            --backend cuda --precision "$precision" --output "$WORK/$case.$precision.safetensors"; then
-            "$PY" bench/gpu/compare.py compare "$CASE" "$WORK/$case.cpu.safetensors" \
-                "$WORK/$case.$precision.safetensors" "$precision" | sed "s/^{/{\"case\": \"$case\", /" | record \
-                || FAILED=1
+        if [ -f "$WORK/$case.cuda-$precision.safetensors" ] && [ -f "$WORK/$case.ndarray-fp32.safetensors" ]; then
+            "$PY" bench/gpu/compare.py compare "tests/fixtures/forward/cases/$case.safetensors" \
+                "$WORK/$case.ndarray-fp32.safetensors" "$WORK/$case.cuda-$precision.safetensors" "$precision" \
+                | sed "s/^{/{\"case\": \"$case\", /" | record
         else
-            echo "{\"case\": \"$case\", \"precision\": \"$precision\", \"pass\": false, \"error\": \"encode failed\"}" | record
-            FAILED=1
+            echo "{\"case\": \"$case\", \"precision\": \"$precision\", \"pass\": false, \"error\": \"encode failed or ran out of time\"}" | record
         fi
     done
 done
 
-log "squad inference (large, seq 384, batch 8)"
-for precision in tf32 bf16 fp16; do
-    limited 90 "$BIN" bench squad-inference --config large --seq 384 --batch 8 --iterations 10 --warmup 3 \
-        --backend cuda --precision "$precision" | record
+log "B: timings one at a time, caches warm"
+squad() {
+    limited "squad-$1" "$2" "$BIN" bench squad-inference --config large --seq 384 --batch 8 --iterations 10 \
+        --warmup 3 --backend cuda --precision "$1" | record
+}
+pretrain() {
+    limited "pretrain-$1" "$2" "$BIN" bench pretrain --config large --seq 128 --batch "$PRETRAIN_BATCH" \
+        --max-pred 20 --steps 5 --warmup 2 --backend cuda --precision "$1" | record
+}
+squad bf16 60
+limited torch-squad 90 "$PY" bench/gpu/torch_bert.py squad-inference --config large --seq 384 --batch 8 \
+    --steps 10 --warmup 3 --precision fp32,tf32,bf16,fp16 | record
+# Every kernel's time in one bf16 SQuAD pass after a warm-up pass (cubecl's profiling log).
+CUBECL_DEBUG_LOG=$LOGS/profile-squad-bf16.log CUBECL_DEBUG_OPTION=profile limited profile-squad-bf16 45 \
+    "$BIN" bench squad-inference --config large --seq 384 --batch 8 --iterations 1 --warmup 1 --backend cuda \
+    --precision bf16 > /dev/null
+# Training compiles its own kernels (the backward pass's products are new autotune keys): the
+# first H200 runs spent minutes in NVRTC before a first step, so the training steps get long limits.
+pretrain bf16 150
+limited torch-pretrain 120 "$PY" bench/gpu/torch_bert.py pretrain --config large --seq 128 \
+    --batch "$PRETRAIN_BATCH" --max-pred 20 --steps 5 --warmup 2 --precision fp32,tf32,bf16,fp16 | record
+limited optimizer 90 "$BIN" bench optimizer --backend cuda --config large --steps 5 --warmup 2 | record
+squad fp16 45
+squad tf32 45
+pretrain fp16 90
+pretrain tf32 90
+for half in "" --half; do
+    limited "allreduce$half" 40 "$BIN" bench allreduce --backend cuda --collective nccl --iterations 10 $half | record
 done
-limited 90 "$PY" bench/gpu/torch_bert.py squad-inference --config large --seq 384 --batch 8 --steps 10 \
-    --warmup 3 --precision fp32,tf32,bf16,fp16 | record
-
-log "pretraining steps (large, seq 128, batch $PRETRAIN_BATCH)"
-limited 120 "$PY" bench/gpu/torch_bert.py pretrain --config large --seq 128 --batch "$PRETRAIN_BATCH" --max-pred 20 \
-    --steps 5 --warmup 2 --precision fp32,tf32,bf16,fp16 | record
-for precision in bf16 fp16 tf32; do
-    limited 120 "$BIN" bench pretrain --config large --seq 128 --batch "$PRETRAIN_BATCH" --max-pred 20 --steps 5 \
-        --warmup 2 --backend cuda --precision "$precision" | record
-done
+kill "$MONITOR" 2>/dev/null
 
 log ratios
-"$PY" - "$RESULTS" <<'PY' | tee "$OUTDIR/ratios.txt"
+"$PY" - "$RESULTS" <<'PY' | tee -a "$OUTDIR/summary.txt"
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+rows = [r for r in rows if not r.get("cold")]
 speed = lambda r: r.get("training_sequences_per_second") or r.get("inference_sequences_per_second")
 for bench in ("squad-inference", "pretrain"):
     ours = {r["precision"]: speed(r) for r in rows if r.get("benchmark") == bench and not r["backend"].startswith("pytorch")}
@@ -173,10 +206,23 @@ for bench in ("squad-inference", "pretrain"):
         if precision in ours and precision in theirs:
             print(f"{bench} {precision}: bert-native {ours[precision]:.1f} seq/s, PyTorch {theirs[precision]:.1f} seq/s, ratio {ours[precision] / theirs[precision]:.2f}")
 PY
-# This run's kernel caches, for the next session's gpu-carry/ (the PTX only while it stays small).
-tar -cJf "$OUTDIR/kernel-cache.tar.xz" -C "$BERT_RS_KERNEL_CACHE" . 2>/dev/null
-if [ "$(stat -c %s "$OUTDIR/kernel-cache.tar.xz" 2>/dev/null || echo 0)" -gt 20000000 ]; then
-    tar -cJf "$OUTDIR/kernel-cache.tar.xz" -C "$BERT_RS_KERNEL_CACHE" --exclude=./ptx . 2>/dev/null
-fi
-cp "$OUTDIR/stderr.txt" "$OUTDIR/stderr-full.txt" 2>/dev/null
-exit $FAILED
+# Failed or cut commands: the end of what they printed.
+for err in "$LOGS"/*.err; do
+    [ -s "$err" ] && { echo "--- $(basename "$err")"; tail -c 600 "$err"; echo; }
+done
+# This run's autotune results, for the next session's gpu-carry/ (the compiled PTX stays behind:
+# 165 MB after the first H200 run, more than a device call carries), and every log (packed by
+# Python: the GPU machine may have no xz).
+pack() {  # pack ARCHIVE FOLDER [SKIPPED_NAME]
+    "$PY" - "$@" <<'PY'
+import os, sys, tarfile
+archive, folder, skipped = sys.argv[1], sys.argv[2], sys.argv[3:]
+with tarfile.open(archive, "w:xz", preset=1) as tar:
+    tar.add(folder, arcname=".", filter=lambda member: None if os.path.basename(member.name) in skipped else member)
+PY
+}
+pack "$OUTDIR/kernel-cache.tar.xz" "$BERT_RS_KERNEL_CACHE" cuda
+truncate -s '<60M' "$LOGS/profile-squad-bf16.log" 2>/dev/null
+pack "$OUTDIR/logs.tar.xz" "$LOGS"
+grep -q '"pass": false' "$RESULTS" && exit 1
+exit 0
