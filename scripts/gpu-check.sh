@@ -45,7 +45,7 @@ PRETRAIN_BATCH=${PRETRAIN_BATCH:-64}
 # them: each command gets at most its own limit and never more than what is left, and the last
 # PACK_S are kept for packing the results (the first H200 run lost its logs to the call's limit
 # while packing 165 MB of compiled kernels).
-DEADLINE=$((SECONDS + ${BUDGET_S:-540} - ${PACK_S:-25}))
+DEADLINE=$((SECONDS + ${BUDGET_S:-555} - ${PACK_S:-25}))
 WORK=$(mktemp -d)
 LOGS=$WORK/logs
 mkdir -p "$LOGS"
@@ -129,12 +129,12 @@ monitor() {  # each bert-native's CPU time (compiling) and the GPU's use, every 
     done >> "$LOGS/monitor.txt" 2>&1
 }
 
-log "A: correctness and cold first passes, all at once (for at most ${PHASE_A_S:-220} s)"
+log "A: correctness and cold first passes, all at once (for at most ${PHASE_A_S:-300} s)"
 "$PY" bench/gpu/random_bert.py "$WORK/base" --config base > /dev/null
 for case in $CASES; do
     "$PY" bench/gpu/compare.py write-input "tests/fixtures/forward/cases/$case.safetensors" "$WORK/$case.json"
 done
-PHASE_A_END=$((SECONDS + ${PHASE_A_S:-220}))
+PHASE_A_END=$((SECONDS + ${PHASE_A_S:-300}))
 monitor &
 MONITOR=$!
 for precision in tf32 bf16 fp16; do

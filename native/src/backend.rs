@@ -135,12 +135,32 @@ fn keep_kernel_caches(device_index: usize) {
     ));
     let mut config = CubeClRuntimeConfig::default().override_from_env();
     config.compilation.cache = Some(CacheConfig::File(folder.clone()));
-    config.autotune.cache = CacheConfig::File(folder);
+    config.autotune.cache = CacheConfig::File(folder.clone());
     let mut current = CubeClRuntimeConfig::storage().lock();
     // Not yet read by any client: this process's first GPU job.
     if current.is_none() {
         *current = Some(std::sync::Arc::new(config));
+        if let Some(notice) = cold_cache_notice(&folder) {
+            eprintln!("{notice}");
+        }
     }
+}
+
+/// What to tell a user whose kernel cache `folder` holds no autotuning results yet, so that
+/// minutes without a step are not taken for a hang: the first run on a GPU compiles every kernel
+/// with NVRTC and autotunes every new matrix-product shape (on an H200, inference took 2-3 minutes
+/// before its first pass and training longer), and later runs reuse what it cached.
+#[cfg(any(feature = "cuda", test))]
+fn cold_cache_notice(folder: &std::path::Path) -> Option<String> {
+    let tuned = std::fs::read_dir(folder.join("autotune"))
+        .is_ok_and(|mut entries| entries.next().is_some());
+    (!tuned).then(|| {
+        format!(
+            "note: no CUDA kernels cached in {} yet: this first run on this GPU compiles and \
+             autotunes its kernels before the first step, which can take minutes; later runs reuse them",
+            folder.display()
+        )
+    })
 }
 
 /// The cubecl release whose kernels are cached (its code generation changes between releases).
@@ -185,5 +205,26 @@ fn catching_panics<T>(backend: &str, f: impl FnOnce() -> Result<T>) -> Result<T>
                 .unwrap_or_else(|| "unknown failure".into());
             bail!("the {backend} backend failed: {message}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cache_without_autotune_results_is_announced_as_cold() {
+        let folder =
+            std::env::temp_dir().join(format!("bert-native-kernel-cache-{}", std::process::id()));
+        std::fs::create_dir_all(folder.join("autotune")).unwrap();
+        let notice = cold_cache_notice(&folder).expect("an empty cache is cold");
+        assert!(notice.contains(&folder.display().to_string()), "{notice}");
+        std::fs::create_dir_all(folder.join("autotune/0.10.0/device-0-0-cuda")).unwrap();
+        assert_eq!(cold_cache_notice(&folder), None);
+        std::fs::remove_dir_all(&folder).unwrap();
+        assert!(
+            cold_cache_notice(&folder).is_some(),
+            "a missing folder is cold too"
+        );
     }
 }
