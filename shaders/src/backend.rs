@@ -177,11 +177,16 @@ fn contiguous<R: CubeRuntime>(tensor: &CubeTensor<R>) -> CubeTensor<R> {
     burn_cubecl::kernel::into_contiguous(tensor.clone())
 }
 
-/// A new device array holding `values`.
-fn upload<R: CubeRuntime, E: CubeElement>(reference: &CubeTensor<R>, values: &[E]) -> ArrayArg<R> {
+/// `values` uploaded once to a new device array, as a kernel argument for as many launches as
+/// read it.
+fn upload<R: CubeRuntime, E: CubeElement>(
+    reference: &CubeTensor<R>,
+    values: &[E],
+) -> impl Fn() -> ArrayArg<R> {
     let handle = reference.client.create_from_slice(E::as_bytes(values));
-    // SAFETY: the handle holds exactly `values.len()` elements of `E`.
-    unsafe { ArrayArg::from_raw_parts(handle, values.len()) }
+    let len = values.len();
+    // SAFETY: the handle holds exactly `len` elements of `E`.
+    move || unsafe { ArrayArg::from_raw_parts(handle.clone(), len) }
 }
 
 /// An uninitialised float32 tensor of `len` elements beside `reference`.
@@ -202,7 +207,7 @@ fn squared_norm<R: CubeRuntime>(values: &CubeTensor<R>, layout: &FlatLayout) -> 
         cube_count(layout.chunks()),
         cube_dim,
         values.clone().into_array_arg(),
-        upload(&values, &layout.chunks),
+        upload(&values, &layout.chunks)(),
         partials.clone().into_array_arg(),
         true,
     );
@@ -213,7 +218,7 @@ fn squared_norm<R: CubeRuntime>(values: &CubeTensor<R>, layout: &FlatLayout) -> 
         cube_count(1),
         cube_dim,
         partials.into_array_arg(),
-        upload(&values, &[0, 0, layout.chunks() as u32]),
+        upload(&values, &[0, 0, layout.chunks() as u32])(),
         total.clone().into_array_arg(),
         false,
     );
@@ -241,21 +246,14 @@ fn lamb_step<R: CubeRuntime>(
     let partials = empty(&value, 2 * chunks);
     let step_sizes = empty(&value, layout.tensors());
     let new_value = empty(&value, layout.len);
+    // The step's constants, then one weight decay per tensor.
     let coefficients: Vec<f32> = coefficients
         .iter()
         .chain(&layout.weight_decay)
         .copied()
         .collect();
-    let coefficients = client.create_from_slice(f32::as_bytes(&coefficients));
-    let coefficients_arg = || {
-        // SAFETY: the handle holds the step's constants and one decay per tensor.
-        unsafe { ArrayArg::from_raw_parts(coefficients.clone(), 8 + layout.tensors()) }
-    };
-    let chunk_table = client.create_from_slice(u32::as_bytes(&layout.chunks));
-    let chunk_table_arg = || {
-        // SAFETY: the handle holds the chunk table.
-        unsafe { ArrayArg::from_raw_parts(chunk_table.clone(), layout.chunks.len()) }
-    };
+    let coefficients_arg = upload(&value, &coefficients);
+    let chunk_table_arg = upload(&value, &layout.chunks);
     lamb_update::launch::<R>(
         &client,
         cube_count(chunks),
@@ -277,7 +275,7 @@ fn lamb_step<R: CubeRuntime>(
         cube_count(layout.tensors()),
         cube_dim,
         partials.into_array_arg(),
-        upload(&value, &layout.tensors),
+        upload(&value, &layout.tensors)(),
         coefficients_arg(),
         step_sizes.clone().into_array_arg(),
     );

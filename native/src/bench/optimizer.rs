@@ -137,9 +137,7 @@ impl Job for OptimizerBench {
             optimizer.set_fused_kernels(fused);
             let mut first = None;
             let timings = time_iterations(self.warmup, self.steps, || {
-                let params = params();
-                let squared_norm = optimizer.squared_grad_norm(&params);
-                let step = optimizer.step_scaled(1e-3, params, squared_norm, 1.0);
+                let step = optimizer.step(1e-3, params());
                 B::sync(&device).map_err(|e| anyhow::anyhow!("the device failed: {e:?}"))?;
                 first.get_or_insert(step.values);
                 Ok(())
