@@ -13,12 +13,17 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
-use crate::lamb::kernels::{lamb_apply, lamb_step_sizes, lamb_update, sum_by_chunk, CUBE_UNITS};
+use crate::lamb::kernels::{
+    lamb_apply, lamb_step_sizes, lamb_update, lay_out_chunks, sum_by_chunk, CUBE_UNITS,
+    TENSOR_ENTRIES,
+};
 use crate::lamb::FlatLayout;
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub(crate) enum FusedOp {
+    /// `[one tensor per segment] -> [their flat buffer]` (the gaps between tensors unwritten).
+    LayOut(Arc<FlatLayout>),
     /// `[values] -> [sum(values^2)]`.
     SquaredNorm(Arc<FlatLayout>),
     /// `[grad, value, exp_avg, exp_avg_sq, clip_divisor] -> [value, exp_avg, exp_avg_sq]`, with
@@ -31,9 +36,14 @@ impl FusedOp {
     /// adds for lengths.
     const MAX_BINDINGS: u32 = 11 + 1;
 
+    /// The most tensors one launch of `lay_out_chunks` copies: its unrolled code grows with
+    /// them, and a few dozen already turn BERT-large's 398 copies into 13 launches.
+    const MAX_LAID_OUT_PER_LAUNCH: u32 = 32;
+
     /// The shapes of the outputs.
     fn output_shapes(&self) -> Vec<Shape> {
         match self {
+            FusedOp::LayOut(layout) => vec![Shape::new([layout.len])],
             FusedOp::SquaredNorm(_) => vec![Shape::new([1])],
             FusedOp::LambStep(layout, _) => vec![Shape::new([layout.len]); 3],
         }
@@ -102,15 +112,12 @@ pub(crate) fn runs_on<B: Backend>(tensor: &Tensor<B, 1>) -> bool {
 
 /// Runs `op` on float32 `inputs` of a backend the kernels know; `None` for other backends or
 /// dtypes.
-pub(crate) fn run<B: Backend, const N: usize, const M: usize>(
-    inputs: [&Tensor<B, 1>; N],
-    op: FusedOp,
-) -> Option<[Tensor<B, 1>; M]> {
-    struct Run<'a, B: Backend, const N: usize> {
-        inputs: [&'a Tensor<B, 1>; N],
+pub(crate) fn run<B: Backend>(inputs: &[&Tensor<B, 1>], op: FusedOp) -> Option<Vec<Tensor<B, 1>>> {
+    struct Run<'a, B: Backend> {
+        inputs: &'a [&'a Tensor<B, 1>],
         op: FusedOp,
     }
-    impl<B: Backend, const N: usize> PrimitiveVisitor for Run<'_, B, N> {
+    impl<B: Backend> PrimitiveVisitor for Run<'_, B> {
         type Output = Option<Vec<Tensor<B, 1>>>;
         fn visit<T: FusedTensor>(self) -> Self::Output {
             let primitives = self
@@ -130,7 +137,7 @@ pub(crate) fn run<B: Backend, const N: usize, const M: usize>(
     if inputs.iter().any(|t| t.dtype() != DType::F32) || !runs_on(inputs.first()?) {
         return None;
     }
-    dispatch::<B, _>(Run { inputs, op })??.try_into().ok()
+    dispatch::<B, _>(Run { inputs, op })?
 }
 
 /// `value` as `To` when it is one.
@@ -146,6 +153,7 @@ impl<R: CubeRuntime> FusedTensor for CubeTensor<R> {
 
     fn execute(inputs: Vec<Self>, op: &FusedOp) -> Vec<Self> {
         match op {
+            FusedOp::LayOut(layout) => vec![lay_out(&inputs, layout)],
             FusedOp::SquaredNorm(layout) => vec![squared_norm(&inputs[0], layout)],
             FusedOp::LambStep(layout, coefficients) => {
                 let [grad, value, exp_avg, exp_avg_sq, clip_divisor]: [Self; 5] =
@@ -196,6 +204,48 @@ fn empty<R: CubeRuntime>(reference: &CubeTensor<R>, len: usize) -> CubeTensor<R>
         reference.device.clone(),
         Shape::new([len]),
     )
+}
+
+/// `sources` (one per tensor of `layout`) copied into a new flat buffer, as many per launch as
+/// the device lets a kernel bind.
+fn lay_out<R: CubeRuntime>(sources: &[CubeTensor<R>], layout: &FlatLayout) -> CubeTensor<R> {
+    let flat = empty(&sources[0], layout.len);
+    let per_launch = sources[0]
+        .max_bindings()
+        .saturating_sub(4)
+        .clamp(1, FusedOp::MAX_LAID_OUT_PER_LAUNCH) as usize;
+    let chunk_table = upload(&flat, &layout.chunks);
+    let tensor_table = upload(&flat, &layout.tensors);
+    for (launch, batch) in sources.chunks(per_launch).enumerate() {
+        let first_tensor = launch * per_launch;
+        let first_chunk = layout.tensors[first_tensor * TENSOR_ENTRIES];
+        let end_chunk = layout.tensors[(first_tensor + batch.len() - 1) * TENSOR_ENTRIES + 1];
+        if first_chunk == end_chunk {
+            continue;
+        }
+        let batch: Vec<CubeTensor<R>> = batch.iter().map(contiguous).collect();
+        // Every launch binds `per_launch` sources (the last repeats its first, never read), so
+        // one compiled kernel serves them all.
+        let padding = std::iter::repeat_n(&batch[0], per_launch - batch.len());
+        let sources: SequenceArg<R, Array<f32>> = batch
+            .iter()
+            .chain(padding)
+            .map(|source| source.clone().into_array_arg())
+            .collect();
+        lay_out_chunks::launch::<R>(
+            &flat.client,
+            cube_count((end_chunk - first_chunk) as usize),
+            CubeDim::new_1d(CUBE_UNITS),
+            sources,
+            chunk_table(),
+            tensor_table(),
+            flat.clone().into_array_arg(),
+            first_tensor as u32,
+            first_chunk,
+            end_chunk,
+        );
+    }
+    flat
 }
 
 fn squared_norm<R: CubeRuntime>(values: &CubeTensor<R>, layout: &FlatLayout) -> CubeTensor<R> {

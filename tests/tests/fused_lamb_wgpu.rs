@@ -125,3 +125,39 @@ fn fused_lamb_matches_the_plain_step() {
     // The fine-tuning Adam (no trust ratio, no bias correction), gradients under a loss scale.
     compare(LambConfig::fine_tuning_adam(), 1024.0, 0.1);
 }
+
+/// Laying out more tensors than one launch of the copy kernel binds (it takes a few dozen at
+/// most): every tensor lands at its offset, whole, whatever launch copied it.
+#[test]
+fn many_tensors_are_laid_out_exactly() {
+    use bert_shaders::lamb::{FlatLayout, Segment};
+
+    let device = WgpuDevice::default();
+    // 75 tensors of one element to several chunks, in an irregular order.
+    let lens: Vec<usize> = (0..75).map(|i| 1 + (i * 977) % 9001).collect();
+    let segments: Vec<Segment> = lens
+        .iter()
+        .map(|&len| Segment {
+            len,
+            weight_decay: 0.0,
+            trust_ratio: false,
+        })
+        .collect();
+    let layout = FlatLayout::new(&segments).unwrap();
+    let tensors: Vec<Tensor<B, 1>> = lens.iter().map(|&len| random(len, 1.0, &device)).collect();
+    let flat = host(&bert_shaders::lamb::lay_out(&tensors, &layout).expect("the kernels run here"));
+    assert_eq!(flat.len(), layout.len());
+    for (index, (tensor, &offset)) in tensors.iter().zip(layout.offsets()).enumerate() {
+        let expected = host(tensor);
+        assert_eq!(
+            flat[offset..offset + expected.len()],
+            expected[..],
+            "tensor {index} at offset {offset}"
+        );
+    }
+    // Tensors that do not match the layout are refused, not copied out of bounds.
+    assert!(bert_shaders::lamb::lay_out(&tensors[1..], &layout).is_none());
+    let mut swapped = tensors.clone();
+    swapped.swap(0, 1);
+    assert!(bert_shaders::lamb::lay_out(&swapped, &layout).is_none());
+}

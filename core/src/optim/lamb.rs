@@ -11,13 +11,14 @@
 //! ```
 //! Weight decay is 0 for parameters whose name contains `bias`, `gamma`, `beta` or `LayerNorm`.
 //! Everything stays on the device: the clip divisor and trust ratios are tensors, so a step costs
-//! no host round-trip. Norms are summed blockwise (see [`sum_of_squares`]) to stay as accurate as
+//! no host round-trip. Norms are summed blockwise (see `sum_of_squares`) to stay as accurate as
 //! apex's multi-tensor L2 norm.
 //!
 //! On the GPU backends (burn-wgpu, burn-cuda) the step runs as bert-shaders' fused kernels over
-//! all parameters at once, as apex's multi-tensor kernels do (`lamb/fused.rs`): about two
-//! launches per parameter tensor instead of eight. Elsewhere, and when [`Lamb::set_fused_kernels`]
-//! turns them off, it runs as the tensor operations below, which the kernels are tested against.
+//! all parameters at once, as apex's multi-tensor kernels do (`lamb/fused.rs`): about a hundred
+//! launches for all of BERT-large's 398 tensors instead of eight per tensor. Elsewhere, and when
+//! [`Lamb::set_fused_kernels`] turns them off, it runs as the tensor operations below, which the
+//! kernels are tested against.
 
 use std::collections::BTreeMap;
 

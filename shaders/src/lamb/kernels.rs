@@ -23,6 +23,47 @@ pub const TENSOR_ENTRIES: usize = 3;
 /// 1 - beta2^t, eps, learning rate; each tensor's weight decay follows.
 pub const STEP_COEFFICIENTS: usize = 8;
 
+/// Lays parameter tensors `first_tensor..first_tensor + sources.len()` out in `flat`, one cube
+/// per chunk of theirs (chunks `first_chunk..end_chunk`): the elements of a chunk `[start, end)`
+/// of tensor `t` are `sources[t - first_tensor]` from `start - offset(t)`, `offset(t)` being
+/// where `t` starts (its first chunk's start). One launch copies as many tensors as a kernel can
+/// bind buffers, where a copy per tensor would take a launch each.
+#[allow(clippy::too_many_arguments)]
+#[cube(launch)]
+pub fn lay_out_chunks(
+    sources: &Sequence<Array<f32>>,
+    chunks: &Array<u32>,
+    tensors: &Array<u32>,
+    flat: &mut Array<f32>,
+    first_tensor: u32,
+    first_chunk: u32,
+    end_chunk: u32,
+) {
+    let chunk = first_chunk as usize + CUBE_POS;
+    if chunk >= end_chunk as usize {
+        terminate!();
+    }
+    let entry = chunk * CHUNK_ENTRIES;
+    let tensor = chunks[entry];
+    let start = chunks[entry + 1] as usize;
+    let end = chunks[entry + 2] as usize;
+    let tensor_first_chunk = tensors[tensor as usize * TENSOR_ENTRIES] as usize;
+    let tensor_start = chunks[tensor_first_chunk * CHUNK_ENTRIES + 1] as usize;
+    let source = (tensor - first_tensor) as usize;
+    let count = comptime![sources.len()];
+    #[unroll]
+    for s in 0..count {
+        if source == s {
+            let values = &sources[s];
+            let mut i = start + UNIT_POS as usize;
+            while i < end {
+                flat[i] = values[i - tensor_start];
+                i += CUBE_DIM as usize;
+            }
+        }
+    }
+}
+
 /// The sum of every unit's `value`, returned to all units (tree reduction in shared memory).
 #[cube]
 fn cube_sum(value: f32, shared: &mut SharedMemory<f32>) -> f32 {

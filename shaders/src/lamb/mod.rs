@@ -1,6 +1,7 @@
 //! NVLAMB over all parameters at once: a buffer of parameters is stepped in five kernel launches
 //! ([`squared_norm`]: two, [`lamb_step`]: three) whatever its number of tensors, where the plain
-//! tensor step launches about eight per tensor.
+//! tensor step launches about eight per tensor; [`lay_out`] gathers the separate tensors into a
+//! buffer, as many per launch as a kernel can bind (27 on lavapipe, 32 on CUDA).
 //!
 //! The parameters, gradients and moments lie in flat buffers, one tensor after the other, as a
 //! [`FlatLayout`] describes; each tensor is split into chunks of at most 4096 elements so a chunk
@@ -41,6 +42,8 @@ pub struct FlatLayout {
     pub(crate) len: usize,
     /// Where each tensor starts.
     offsets: Vec<usize>,
+    /// Each tensor's number of elements.
+    lens: Vec<usize>,
     /// `[tensor, start, end)` of each chunk.
     pub(crate) chunks: Vec<u32>,
     /// `[first chunk, end chunk, trust ratio applies]` of each tensor.
@@ -78,6 +81,7 @@ impl FlatLayout {
         Some(Self {
             len: offset,
             offsets,
+            lens: segments.iter().map(|s| s.len).collect(),
             chunks,
             tensors,
             weight_decay: segments.iter().map(|s| s.weight_decay).collect(),
@@ -94,6 +98,11 @@ impl FlatLayout {
         &self.offsets
     }
 
+    /// Each tensor's number of elements.
+    pub fn segment_lens(&self) -> impl Iterator<Item = usize> + '_ {
+        self.lens.iter().copied()
+    }
+
     /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -105,6 +114,7 @@ impl FlatLayout {
     }
 
     /// Number of chunks.
+    #[cfg(feature = "gpu")]
     pub(crate) fn chunks(&self) -> usize {
         self.chunks.len() / 3
     }
@@ -130,6 +140,7 @@ pub struct LambCoefficients {
 impl LambCoefficients {
     /// As the kernels read them: beta1, 1 - beta1, beta2, 1 - beta2, the two corrections, eps,
     /// learning rate.
+    #[cfg(feature = "gpu")]
     pub(crate) fn as_f32(&self) -> [f32; 8] {
         [
             self.beta1 as f32,
@@ -169,6 +180,35 @@ pub fn runs_on<B: Backend>(tensor: &Tensor<B, 1>) -> bool {
     }
 }
 
+/// `tensors`, one per segment of `layout`, copied into a new flat buffer laid out as `layout`
+/// says (the gaps between tensors unwritten), in a few launches whatever their number. `None`
+/// when the kernels do not run there (see [`runs_on`]) or the tensors do not fit the layout.
+pub fn lay_out<B: Backend>(tensors: &[Tensor<B, 1>], layout: &FlatLayout) -> Option<Tensor<B, 1>> {
+    let fits = tensors.len() == layout.tensors()
+        && tensors
+            .iter()
+            .zip(layout.segment_lens())
+            .all(|(tensor, len)| tensor.dims()[0] == len);
+    if !fits || tensors.is_empty() {
+        return None;
+    }
+    #[cfg(feature = "gpu")]
+    {
+        let inputs: Vec<&Tensor<B, 1>> = tensors.iter().collect();
+        let [flat] = crate::backend::run(
+            &inputs,
+            crate::backend::FusedOp::LayOut(std::sync::Arc::new(layout.clone())),
+        )?
+        .try_into()
+        .ok()?;
+        Some(flat)
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        None
+    }
+}
+
 /// `sum(values^2)` as a `[1]` tensor: one launch summing each chunk, one summing the chunks.
 /// `None` when the kernels do not run there (see [`runs_on`]).
 pub fn squared_norm<B: Backend>(
@@ -178,9 +218,11 @@ pub fn squared_norm<B: Backend>(
     #[cfg(feature = "gpu")]
     {
         let [norm] = crate::backend::run(
-            [values],
+            &[values],
             crate::backend::FusedOp::SquaredNorm(std::sync::Arc::new(layout.clone())),
-        )?;
+        )?
+        .try_into()
+        .ok()?;
         Some(norm)
     }
     #[cfg(not(feature = "gpu"))]
@@ -204,7 +246,7 @@ pub fn lamb_step<B: Backend>(
     #[cfg(feature = "gpu")]
     {
         let [value, exp_avg, exp_avg_sq] = crate::backend::run(
-            [
+            &[
                 grad,
                 &state.value,
                 &state.exp_avg,
@@ -215,7 +257,9 @@ pub fn lamb_step<B: Backend>(
                 std::sync::Arc::new(layout.clone()),
                 coefficients.as_f32(),
             ),
-        )?;
+        )?
+        .try_into()
+        .ok()?;
         Some(FlatLambState {
             value,
             exp_avg,

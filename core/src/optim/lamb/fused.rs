@@ -5,8 +5,10 @@
 //!
 //! The moments stay in their flat buffers between steps and are cut into tensors only when asked
 //! for ([`Lamb::moments`]); the values and gradients are laid out at each step (burn keeps every
-//! parameter and gradient in a buffer of its own), one copy per tensor, and the new values are
-//! views of the new buffer.
+//! parameter and gradient in a buffer of its own) by bert-shaders' [`lay_out`], a few dozen
+//! tensors per launch, and the new values are views of the new buffer.
+//!
+//! [`lay_out`]: bert_shaders::lamb::lay_out
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -73,21 +75,6 @@ fn buffer_groups(lens: &[usize]) -> Vec<Range<usize>> {
     groups
 }
 
-/// `tensors` laid out in one buffer as `layout` says (one copy each; the gaps left unwritten).
-fn lay_out<B: Backend>(
-    tensors: impl Iterator<Item = Tensor<B, 1>>,
-    layout: &FlatLayout,
-    device: &B::Device,
-) -> Tensor<B, 1> {
-    tensors.zip(layout.offsets()).fold(
-        Tensor::empty([layout.len()], device),
-        |flat, (tensor, &offset)| {
-            let range = offset..offset + tensor.dims()[0];
-            flat.slice_assign([range], tensor)
-        },
-    )
-}
-
 /// The layout of parameters of these lengths that only the global norm reads.
 fn norm_layout(lens: &[usize]) -> Option<FlatLayout> {
     let segments: Vec<Segment> = lens
@@ -106,17 +93,13 @@ fn norm_layout(lens: &[usize]) -> Option<FlatLayout> {
 pub(super) fn squared_grad_norm<B: Backend>(
     params: &[NamedParam<B>],
 ) -> Option<(Tensor<B, 1>, Vec<Tensor<B, 1>>)> {
-    let device = params.first()?.grad.device();
     let lens: Vec<usize> = params.iter().map(|p| p.grad.dims()[0]).collect();
     let mut total: Option<Tensor<B, 1>> = None;
     let mut grads = Vec::new();
     for group in buffer_groups(&lens) {
         let layout = norm_layout(&lens[group.clone()])?;
-        let grad = lay_out(
-            params[group].iter().map(|p| p.grad.clone()),
-            &layout,
-            &device,
-        );
+        let group_grads: Vec<Tensor<B, 1>> = params[group].iter().map(|p| p.grad.clone()).collect();
+        let grad = bert_shaders::lamb::lay_out(&group_grads, &layout)?;
         let squared = bert_shaders::lamb::squared_norm(&grad, &layout)?;
         total = Some(match total {
             Some(total) => total + squared,
@@ -170,6 +153,14 @@ impl<B: Backend> Lamb<B> {
             let layout = FlatLayout::new(&segments)?;
             let (exp_avg, exp_avg_sq) = match &self.flat_moments {
                 Some(flat) => flat.buffers[index].clone(),
+                // The first step: the moments start at zero (or where a checkpoint left them).
+                None if group_params
+                    .iter()
+                    .all(|param| !self.moments.contains_key(&param.name)) =>
+                {
+                    let zeros = Tensor::zeros([layout.len()], &device);
+                    (zeros.clone(), zeros)
+                }
                 None => {
                     let (exp_avg, exp_avg_sq): (Vec<_>, Vec<_>) = group_params
                         .iter()
@@ -179,27 +170,24 @@ impl<B: Backend> Lamb<B> {
                         })
                         .unzip();
                     (
-                        lay_out(exp_avg.into_iter(), &layout, &device),
-                        lay_out(exp_avg_sq.into_iter(), &layout, &device),
+                        bert_shaders::lamb::lay_out(&exp_avg, &layout)?,
+                        bert_shaders::lamb::lay_out(&exp_avg_sq, &layout)?,
                     )
                 }
             };
+            let values: Vec<Tensor<B, 1>> = group_params.iter().map(|p| p.value.clone()).collect();
             let state = FlatLambState {
-                value: lay_out(
-                    group_params.iter().map(|p| p.value.clone()),
-                    &layout,
-                    &device,
-                ),
+                value: bert_shaders::lamb::lay_out(&values, &layout)?,
                 exp_avg,
                 exp_avg_sq,
             };
             let grad = match &flat_grads {
                 Some(grads) => grads[index].clone(),
-                None => lay_out(
-                    group_params.iter().map(|p| p.grad.clone()),
-                    &layout,
-                    &device,
-                ),
+                None => {
+                    let grads: Vec<Tensor<B, 1>> =
+                        group_params.iter().map(|p| p.grad.clone()).collect();
+                    bert_shaders::lamb::lay_out(&grads, &layout)?
+                }
             };
             steps.push(bert_shaders::lamb::lamb_step(
                 &grad,
