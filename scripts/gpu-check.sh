@@ -4,7 +4,8 @@
 #
 #   scripts/gpu-check.sh prepare       here: builds bert-native --features cuda (release) and packs
 #                                      it (stripped, xz) into gpu-carry/ (which keeps a
-#                                      kernel-cache.tar.xz put there from an earlier run's output)
+#                                      kernel-cache.tar.xz and ptx-cache.tar.xz put there from an
+#                                      earlier run's output)
 #   scripts/gpu-check.sh run [OUTDIR]  on the GPU machine, from the repository root with gpu-carry/:
 #     A. at the same time, one process each (burn-cuda compiles every kernel with NVRTC and
 #        autotunes every new product shape, single-threaded per process, so a cold start costs
@@ -45,7 +46,7 @@ PRETRAIN_BATCH=${PRETRAIN_BATCH:-64}
 # them: each command gets at most its own limit and never more than what is left, and the last
 # PACK_S are kept for packing the results (the first H200 run lost its logs to the call's limit
 # while packing 165 MB of compiled kernels).
-DEADLINE=$((SECONDS + ${BUDGET_S:-555} - ${PACK_S:-25}))
+DEADLINE=$((SECONDS + ${BUDGET_S:-555} - ${PACK_S:-40}))
 WORK=$(mktemp -d)
 LOGS=$WORK/logs
 mkdir -p "$LOGS"
@@ -88,6 +89,10 @@ if [ -f gpu-carry/kernel-cache.tar.xz ]; then
         gpu-carry/kernel-cache.tar.xz "$BERT_RS_KERNEL_CACHE" && echo "kernel caches: carried in" | tee -a "$OUTDIR/summary.txt"
 else
     echo "kernel caches: cold" | tee -a "$OUTDIR/summary.txt"
+fi
+if [ -f gpu-carry/ptx-cache.tar.xz ]; then
+    "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+        gpu-carry/ptx-cache.tar.xz "$BERT_RS_KERNEL_CACHE" && echo "compiled PTX: carried in (used if this binary is the build that compiled it)" | tee -a "$OUTDIR/summary.txt"
 fi
 # PyTorch's wheel carries NCCL as libnccl.so.2; cudarc looks for libnccl.so.
 NCCL_LIB=$("$PY" -c 'import glob, os, torch; print(next(iter(glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "nccl", "lib", "libnccl.so*"))), ""))')
@@ -210,19 +215,36 @@ PY
 for err in "$LOGS"/*.err; do
     [ -s "$err" ] && { echo "--- $(basename "$err")"; tail -c 600 "$err"; echo; }
 done
-# This run's autotune results, for the next session's gpu-carry/ (the compiled PTX stays behind:
-# 165 MB after the first H200 run, more than a device call carries), and every log (packed by
-# Python: the GPU machine may have no xz).
-pack() {  # pack ARCHIVE FOLDER [SKIPPED_NAME]
+# This run's autotune results and every log, then the compiled PTX when it packs small enough to
+# come back (165 MB unpacked after the first H200 run), all for the next session's gpu-carry/
+# (packed by Python: the GPU machine may have no xz). bert-native keeps PTX per build
+# (ptx-<fingerprint>) and drops other builds' at start, so carried PTX serves only the same build.
+pack() {  # pack ARCHIVE FOLDER [SKIPPED_NAME_PATTERN...]
     "$PY" - "$@" <<'PY'
-import os, sys, tarfile
+import fnmatch, os, sys, tarfile
 archive, folder, skipped = sys.argv[1], sys.argv[2], sys.argv[3:]
+def keep(member):
+    name = os.path.basename(member.name)
+    return None if any(fnmatch.fnmatch(name, pattern) for pattern in skipped) else member
 with tarfile.open(archive, "w:xz", preset=1) as tar:
-    tar.add(folder, arcname=".", filter=lambda member: None if os.path.basename(member.name) in skipped else member)
+    tar.add(folder, arcname=".", filter=keep)
 PY
 }
-pack "$OUTDIR/kernel-cache.tar.xz" "$BERT_RS_KERNEL_CACHE" cuda
+pack "$OUTDIR/kernel-cache.tar.xz" "$BERT_RS_KERNEL_CACHE" cuda 'ptx-*'
 truncate -s '<60M' "$LOGS/profile-squad-bf16.log" 2>/dev/null
 pack "$OUTDIR/logs.tar.xz" "$LOGS"
+"$PY" - "$OUTDIR/ptx-cache.tar.xz" "$BERT_RS_KERNEL_CACHE" <<'PY' | tee -a "$OUTDIR/summary.txt"
+import glob, os, sys, tarfile
+archive, root = sys.argv[1:]
+with tarfile.open(archive, "w:xz", preset=0) as tar:
+    for folder in glob.glob(os.path.join(root, "*", "ptx-*")):
+        tar.add(folder, arcname=os.path.relpath(folder, root))
+size = os.path.getsize(archive)
+if size > 15 << 20:  # a file that comes back from the device holds at most 16 MiB
+    os.remove(archive)
+    print(f"compiled PTX: {size >> 20} MiB packed, too large to bring back")
+else:
+    print(f"compiled PTX: {size >> 20} MiB packed (copy ptx-cache.tar.xz to gpu-carry/)")
+PY
 grep -q '"pass": false' "$RESULTS" && exit 1
 exit 0

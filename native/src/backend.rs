@@ -104,8 +104,11 @@ fn cuda_driver_present() -> Result<()> {
 /// Keeps burn-cuda's compiled kernels (PTX, which cubecl does not cache by default) and its
 /// autotuning results across runs, so that only the first run on a machine pays NVRTC and the
 /// autotuner: under `$BERT_RS_KERNEL_CACHE`, else `~/.cache/bert-rs/kernels`, in a folder per
-/// cubecl version and GPU architecture. A `cubecl.toml` or `burn.toml` found from the working
-/// directory up is cubecl's own configuration and is left to it.
+/// cubecl version and GPU architecture. The PTX sits in a subfolder per [`kernel_fingerprint`]
+/// (cubecl would hand a changed kernel its old PTX), and older builds' PTX is removed; autotune
+/// results are checked by cubecl against the kernels they chose among and stay. A `cubecl.toml`
+/// or `burn.toml` found from the working directory up is cubecl's own configuration and is left
+/// to it.
 #[cfg(feature = "cuda")]
 fn keep_kernel_caches(device_index: usize) {
     use burn_cubecl::cubecl::config::{cache::CacheConfig, CubeClRuntimeConfig, RuntimeConfig};
@@ -133,8 +136,10 @@ fn keep_kernel_caches(device_index: usize) {
         "cubecl-{CUBECL_VERSION}-{}",
         cuda_architecture(device_index).unwrap_or_else(|| "unknown".into())
     ));
+    let ptx_folder = ptx_folder_name(&kernel_fingerprint());
+    remove_stale_ptx(&folder, &ptx_folder);
     let mut config = CubeClRuntimeConfig::default().override_from_env();
-    config.compilation.cache = Some(CacheConfig::File(folder.clone()));
+    config.compilation.cache = Some(CacheConfig::File(folder.join(ptx_folder)));
     config.autotune.cache = CacheConfig::File(folder.clone());
     let mut current = CubeClRuntimeConfig::storage().lock();
     // Not yet read by any client: this process's first GPU job.
@@ -142,6 +147,42 @@ fn keep_kernel_caches(device_index: usize) {
         *current = Some(std::sync::Arc::new(config));
         if let Some(notice) = cold_cache_notice(&folder) {
             eprintln!("{notice}");
+        }
+    }
+}
+
+/// Identifies the kernels of this build: bert-shaders' kernel code and the locked versions of
+/// every dependency (burn's and cubecl's kernels change with their releases).
+#[cfg(feature = "cuda")]
+fn kernel_fingerprint() -> String {
+    use std::hash::{Hash, Hasher};
+
+    let mut hasher = std::hash::DefaultHasher::new();
+    bert_shaders::KERNEL_SOURCE.hash(&mut hasher);
+    include_str!("../../Cargo.lock").hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// The PTX subfolder of the build whose kernels have `fingerprint`.
+#[cfg(any(feature = "cuda", test))]
+fn ptx_folder_name(fingerprint: &str) -> String {
+    format!("ptx-{fingerprint}")
+}
+
+/// Removes from the kernel cache `folder` the PTX of other builds than `current` (a
+/// `ptx-<fingerprint>` subfolder), and the PTX that bert-native kept before it told builds apart
+/// (`cuda`): best effort, as a cache may be shared with other processes.
+#[cfg(any(feature = "cuda", test))]
+fn remove_stale_ptx(folder: &std::path::Path, current: &str) {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let stale = name == "cuda" || (name.starts_with("ptx-") && name != current);
+        if stale && entry.path().is_dir() {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -211,6 +252,27 @@ fn catching_panics<T>(backend: &str, f: impl FnOnce() -> Result<T>) -> Result<T>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_this_builds_ptx_and_the_autotune_results_stay() {
+        let folder =
+            std::env::temp_dir().join(format!("bert-native-ptx-cache-{}", std::process::id()));
+        let current = ptx_folder_name("00000000000000aa");
+        for name in [current.as_str(), "ptx-00000000000000bb", "cuda", "autotune"] {
+            std::fs::create_dir_all(folder.join(name).join("0.10.0")).unwrap();
+        }
+        std::fs::write(folder.join("ptx-notes.txt"), "a file, not a build's PTX").unwrap();
+        remove_stale_ptx(&folder, &current);
+        let mut left: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["autotune", current.as_str(), "ptx-notes.txt"]);
+        std::fs::remove_dir_all(&folder).unwrap();
+        // A cache folder that does not exist yet is no error.
+        remove_stale_ptx(&folder, &current);
+    }
 
     #[test]
     fn a_cache_without_autotune_results_is_announced_as_cold() {

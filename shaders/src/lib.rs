@@ -7,5 +7,9 @@
 
 pub mod lamb;
 
+/// The code of every kernel here. cubecl's cache of compiled kernels knows a kernel by its name
+/// and launch settings, not by its code, so a cache kept across builds must be told apart by this.
+pub const KERNEL_SOURCE: &str = include_str!("lamb/kernels.rs");
+
 #[cfg(feature = "gpu")]
 mod backend;
