@@ -19,7 +19,8 @@
 #        batch 8) and BERT-large phase-1 pretraining steps (seq 128, batch $PRETRAIN_BATCH, 20
 #        masked positions) per precision, PyTorch on the same card with torch.autocast
 #        (bench/gpu/torch_bert.py), a kernel profile of one bf16 SQuAD pass, the fused NVLAMB
-#        kernels against the plain tensor step (bench optimizer), NCCL's all-reduce on
+#        kernels against the plain tensor step (bench optimizer), a kernel profile of one bf16
+#        pretraining step (time per kernel: bench/gpu/profile_summary.py), NCCL's all-reduce on
 #        burn-cuda's buffers (bench allreduce, sums checked); one JSON line each, and the ratios.
 # Every command has its own time limit, so one failure or hang does not cost the rest.
 set -uo pipefail
@@ -179,16 +180,23 @@ pretrain() {
 squad bf16 60
 limited torch-squad 90 "$PY" bench/gpu/torch_bert.py squad-inference --config large --seq 384 --batch 8 \
     --steps 10 --warmup 3 --precision fp32,tf32,bf16,fp16 | record
-# Every kernel's time in one bf16 SQuAD pass after a warm-up pass (cubecl's profiling log).
-CUBECL_DEBUG_LOG=$LOGS/profile-squad-bf16.log CUBECL_DEBUG_OPTION=profile limited profile-squad-bf16 45 \
-    "$BIN" bench squad-inference --config large --seq 384 --batch 8 --iterations 1 --warmup 1 --backend cuda \
-    --precision bf16 > /dev/null
+# Every kernel's time in one bf16 SQuAD pass after a warm-up pass (cubecl's profiling log),
+# summed per kernel into summary.txt.
+profile() {  # profile NAME CAP COMMAND...
+    local name=$1
+    CUBECL_DEBUG_LOG=$LOGS/$name.log CUBECL_DEBUG_OPTION=profile limited "$@" > /dev/null
+    { echo "kernel time, $name:"; "$PY" bench/gpu/profile_summary.py "$LOGS/$name.log"; } 2>&1 | tee -a "$OUTDIR/summary.txt"
+}
+profile profile-squad-bf16 45 "$BIN" bench squad-inference --config large --seq 384 --batch 8 --iterations 1 \
+    --warmup 1 --backend cuda --precision bf16
 # Training compiles its own kernels (the backward pass's products are new autotune keys): the
 # first H200 runs spent minutes in NVRTC before a first step, so the training steps get long limits.
 pretrain bf16 150
 limited torch-pretrain 120 "$PY" bench/gpu/torch_bert.py pretrain --config large --seq 128 \
     --batch "$PRETRAIN_BATCH" --max-pred 20 --steps 5 --warmup 2 --precision fp32,tf32,bf16,fp16 | record
 limited optimizer 90 "$BIN" bench optimizer --backend cuda --config large --steps 5 --warmup 2 | record
+profile profile-pretrain-bf16 45 "$BIN" bench pretrain --config large --seq 128 --batch "$PRETRAIN_BATCH" \
+    --max-pred 20 --steps 1 --warmup 1 --backend cuda --precision bf16
 squad fp16 45
 squad tf32 45
 pretrain fp16 90
@@ -231,7 +239,7 @@ with tarfile.open(archive, "w:xz", preset=1) as tar:
 PY
 }
 pack "$OUTDIR/kernel-cache.tar.xz" "$BERT_RS_KERNEL_CACHE" cuda 'ptx-*'
-truncate -s '<60M' "$LOGS/profile-squad-bf16.log" 2>/dev/null
+for profile_log in "$LOGS"/profile-*.log; do truncate -c -s '<30M' "$profile_log"; done
 pack "$OUTDIR/logs.tar.xz" "$LOGS"
 "$PY" - "$OUTDIR/ptx-cache.tar.xz" "$BERT_RS_KERNEL_CACHE" <<'PY' | tee -a "$OUTDIR/summary.txt"
 import glob, os, sys, tarfile
