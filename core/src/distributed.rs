@@ -12,6 +12,7 @@ use std::any::Any;
 use std::fmt::Debug;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use bert_shaders::lamb::{FlatLayout, Segment};
 use burn::module::{AutodiffModule, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
@@ -77,26 +78,20 @@ impl DataParallel {
         if world_size == 1 || (params.is_empty() && losses.is_empty()) {
             return Ok(());
         }
-        let lengths: Vec<usize> = params
-            .iter()
-            .map(|p| p.grad.dims()[0])
-            .chain(losses.iter().map(|_| 1))
-            .collect();
         let pieces: Vec<Tensor<B, 1>> = params
             .iter()
             .map(|p| p.grad.clone())
             .chain(losses.iter().cloned())
             .collect();
+        let lengths: Vec<usize> = pieces.iter().map(|piece| piece.dims()[0]).collect();
+        let (flat, offsets) = flatten(pieces);
         // As the reference: divide first, so a half-precision sum cannot overflow where the mean
         // would not.
-        let flat = Tensor::cat(pieces, 0) * (1.0 / world_size as f64);
-        let averaged = self.all_reduce_sum(flat)?;
-        let mut offset = 0;
-        let mut slices = lengths.into_iter().map(|length| {
-            let slice = averaged.clone().narrow(0, offset, length);
-            offset += length;
-            slice
-        });
+        let averaged = self.all_reduce_sum(flat * (1.0 / world_size as f64))?;
+        let mut slices = lengths
+            .into_iter()
+            .zip(offsets)
+            .map(|(length, offset)| averaged.clone().narrow(0, offset, length));
         for param in params.iter_mut() {
             param.grad = slices.next().expect("one slice per gradient");
         }
@@ -167,6 +162,35 @@ impl DataParallel {
             None => Ok(module),
         }
     }
+}
+
+/// `pieces` in one flat tensor, and where each starts in it. Where bert-shaders' kernels run (the
+/// GPU backends), each piece starts at a 256-byte offset and a few launches copy them all, so the
+/// pieces cut back out of the sum are views, not copies; the elements between pieces are left
+/// unwritten, and whatever they hold is summed and ignored. Elsewhere the pieces are concatenated.
+fn flatten<B: Backend>(pieces: Vec<Tensor<B, 1>>) -> (Tensor<B, 1>, Vec<usize>) {
+    let segments: Vec<Segment> = pieces
+        .iter()
+        .map(|piece| Segment {
+            len: piece.dims()[0],
+            weight_decay: 0.0,
+            trust_ratio: false,
+        })
+        .collect();
+    if let Some(layout) = FlatLayout::new(&segments) {
+        if let Some(flat) = bert_shaders::lamb::lay_out(&pieces, &layout) {
+            return (flat, layout.offsets().to_vec());
+        }
+    }
+    let offsets = segments
+        .iter()
+        .scan(0, |offset, segment| {
+            let start = *offset;
+            *offset += segment.len;
+            Some(start)
+        })
+        .collect();
+    (Tensor::cat(pieces, 0), offsets)
 }
 
 /// Rounds every value to the nearest float16 (vectorised where the CPU converts in hardware).
