@@ -14,7 +14,7 @@
 #        trajectory, tests/fixtures/pretrain, via bench/gpu/trajectory.py; the golden forward
 #        cases through a BERT-base on CUDA against the CPU backend's float32, bench/gpu/compare.py)
 #        and one cold pass of every timed benchmark below (its first-pass time is the cold
-#        start-up figure). A monitor samples each process's CPU time and the GPU every 15 s.
+#        start-up figure; NCCL's all-reduce, sums checked, thus runs early too). A monitor samples each process's CPU time and the GPU every 15 s.
 #     B. one at a time, caches warm, most wanted first: SQuAD inference (BERT-large, seq 384,
 #        batch 8) and BERT-large phase-1 pretraining steps (seq 128, batch $PRETRAIN_BATCH, 20
 #        masked positions) per precision, PyTorch on the same card with torch.autocast
@@ -155,6 +155,10 @@ done
 forward ndarray fp32 &
 limited cold-optimizer "$(phase_a_left)" "$BIN" bench optimizer --backend cuda --config large --steps 1 \
     --warmup 0 | cold | record &
+# NCCL on burn-cuda's buffers, sums checked: it compiles little, and the end of phase B, where its
+# timed runs are, has not been reached yet.
+limited cold-allreduce "$(phase_a_left)" "$BIN" bench allreduce --backend cuda --collective nccl \
+    --iterations 2 | cold | record &
 wait $(jobs -p | grep -vx "$MONITOR")
 for case in $CASES; do
     for precision in tf32 bf16 fp16; do
