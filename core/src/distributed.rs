@@ -12,7 +12,7 @@ use std::any::Any;
 use std::fmt::Debug;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use bert_shaders::lamb::{FlatLayout, Segment};
+use bert_shaders::lamb::FlatLayout;
 use burn::module::{AutodiffModule, ModuleMapper, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
@@ -169,24 +169,17 @@ impl DataParallel {
 /// pieces cut back out of the sum are views, not copies; the elements between pieces are left
 /// unwritten, and whatever they hold is summed and ignored. Elsewhere the pieces are concatenated.
 fn flatten<B: Backend>(pieces: Vec<Tensor<B, 1>>) -> (Tensor<B, 1>, Vec<usize>) {
-    let segments: Vec<Segment> = pieces
-        .iter()
-        .map(|piece| Segment {
-            len: piece.dims()[0],
-            weight_decay: 0.0,
-            trust_ratio: false,
-        })
-        .collect();
-    if let Some(layout) = FlatLayout::new(&segments) {
+    let lengths: Vec<usize> = pieces.iter().map(|piece| piece.dims()[0]).collect();
+    if let Some(layout) = FlatLayout::of_lengths(lengths.iter().copied()) {
         if let Some(flat) = bert_shaders::lamb::lay_out(&pieces, &layout) {
             return (flat, layout.offsets().to_vec());
         }
     }
-    let offsets = segments
+    let offsets = lengths
         .iter()
-        .scan(0, |offset, segment| {
+        .scan(0, |offset, &length| {
             let start = *offset;
-            *offset += segment.len;
+            *offset += length;
             Some(start)
         })
         .collect();

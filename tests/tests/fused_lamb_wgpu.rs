@@ -130,20 +130,12 @@ fn fused_lamb_matches_the_plain_step() {
 /// most): every tensor lands at its offset, whole, whatever launch copied it.
 #[test]
 fn many_tensors_are_laid_out_exactly() {
-    use bert_shaders::lamb::{FlatLayout, Segment};
+    use bert_shaders::lamb::FlatLayout;
 
     let device = WgpuDevice::default();
     // 75 tensors of one element to several chunks, in an irregular order.
     let lens: Vec<usize> = (0..75).map(|i| 1 + (i * 977) % 9001).collect();
-    let segments: Vec<Segment> = lens
-        .iter()
-        .map(|&len| Segment {
-            len,
-            weight_decay: 0.0,
-            trust_ratio: false,
-        })
-        .collect();
-    let layout = FlatLayout::new(&segments).unwrap();
+    let layout = FlatLayout::of_lengths(lens.iter().copied()).unwrap();
     let tensors: Vec<Tensor<B, 1>> = lens.iter().map(|&len| random(len, 1.0, &device)).collect();
     let flat = host(&bert_shaders::lamb::lay_out(&tensors, &layout).expect("the kernels run here"));
     assert_eq!(flat.len(), layout.len());

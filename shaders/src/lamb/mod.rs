@@ -88,6 +88,20 @@ impl FlatLayout {
         })
     }
 
+    /// The layout of tensors of these lengths that are only copied and summed, not stepped (no
+    /// weight decay, no trust ratio): the gradients of the global norm or of an all-reduce.
+    pub fn of_lengths(lens: impl IntoIterator<Item = usize>) -> Option<Self> {
+        let segments: Vec<Segment> = lens
+            .into_iter()
+            .map(|len| Segment {
+                len,
+                weight_decay: 0.0,
+                trust_ratio: false,
+            })
+            .collect();
+        Self::new(&segments)
+    }
+
     /// Elements of a buffer, the gaps between tensors included.
     pub fn len(&self) -> usize {
         self.len

@@ -75,19 +75,6 @@ fn buffer_groups(lens: &[usize]) -> Vec<Range<usize>> {
     groups
 }
 
-/// The layout of parameters of these lengths that only the global norm reads.
-fn norm_layout(lens: &[usize]) -> Option<FlatLayout> {
-    let segments: Vec<Segment> = lens
-        .iter()
-        .map(|&len| Segment {
-            len,
-            weight_decay: 0.0,
-            trust_ratio: false,
-        })
-        .collect();
-    FlatLayout::new(&segments)
-}
-
 /// The squared global gradient norm and the gradients laid out, one buffer per group; `None`
 /// when the kernels cannot run (or there are no gradients).
 pub(super) fn squared_grad_norm<B: Backend>(
@@ -97,7 +84,7 @@ pub(super) fn squared_grad_norm<B: Backend>(
     let mut total: Option<Tensor<B, 1>> = None;
     let mut grads = Vec::new();
     for group in buffer_groups(&lens) {
-        let layout = norm_layout(&lens[group.clone()])?;
+        let layout = FlatLayout::of_lengths(lens[group.clone()].iter().copied())?;
         let group_grads: Vec<Tensor<B, 1>> = params[group].iter().map(|p| p.grad.clone()).collect();
         let grad = bert_shaders::lamb::lay_out(&group_grads, &layout)?;
         let squared = bert_shaders::lamb::squared_norm(&grad, &layout)?;
