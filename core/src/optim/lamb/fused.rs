@@ -5,7 +5,7 @@
 //!
 //! The moments stay in their flat buffers between steps and are cut into tensors only when asked
 //! for ([`Lamb::moments`]); the values and gradients are laid out at each step (burn keeps every
-//! parameter and gradient in a buffer of its own) by bert-shaders' [`lay_out`], a few dozen
+//! parameter and gradient in a buffer of its own) by bert-shaders' [`lay_out`], up to 32
 //! tensors per launch, and the new values are views of the new buffer.
 //!
 //! [`lay_out`]: bert_shaders::lamb::lay_out
