@@ -83,15 +83,13 @@ impl DataParallel {
             .map(|p| p.grad.clone())
             .chain(losses.iter().cloned())
             .collect();
-        let lengths: Vec<usize> = pieces.iter().map(|piece| piece.dims()[0]).collect();
-        let (flat, offsets) = flatten(pieces);
+        let (flat, placements) = flatten(pieces);
         // As the reference: divide first, so a half-precision sum cannot overflow where the mean
         // would not.
         let averaged = self.all_reduce_sum(flat * (1.0 / world_size as f64))?;
-        let mut slices = lengths
+        let mut slices = placements
             .into_iter()
-            .zip(offsets)
-            .map(|(length, offset)| averaged.clone().narrow(0, offset, length));
+            .map(|(offset, length)| averaged.clone().narrow(0, offset, length));
         for param in params.iter_mut() {
             param.grad = slices.next().expect("one slice per gradient");
         }
@@ -164,26 +162,28 @@ impl DataParallel {
     }
 }
 
-/// `pieces` in one flat tensor, and where each starts in it. Where bert-shaders' kernels run (the
+/// `pieces` in one flat tensor, and where each lies in it (offset, length). Where bert-shaders' kernels run (the
 /// GPU backends), each piece starts at a 256-byte offset and a few launches copy them all, so the
 /// pieces cut back out of the sum are views, not copies; the elements between pieces are left
 /// unwritten, and whatever they hold is summed and ignored. Elsewhere the pieces are concatenated.
-fn flatten<B: Backend>(pieces: Vec<Tensor<B, 1>>) -> (Tensor<B, 1>, Vec<usize>) {
+fn flatten<B: Backend>(pieces: Vec<Tensor<B, 1>>) -> (Tensor<B, 1>, Vec<(usize, usize)>) {
     let lengths: Vec<usize> = pieces.iter().map(|piece| piece.dims()[0]).collect();
-    if let Some(layout) = FlatLayout::of_lengths(lengths.iter().copied()) {
-        if let Some(flat) = bert_shaders::lamb::lay_out(&pieces, &layout) {
-            return (flat, layout.offsets().to_vec());
-        }
-    }
-    let offsets = lengths
-        .iter()
-        .scan(0, |offset, &length| {
-            let start = *offset;
-            *offset += length;
-            Some(start)
-        })
-        .collect();
-    (Tensor::cat(pieces, 0), offsets)
+    let laid_out = FlatLayout::of_lengths(lengths.iter().copied()).and_then(|layout| {
+        let flat = bert_shaders::lamb::lay_out(&pieces, &layout)?;
+        Some((flat, layout.offsets().to_vec()))
+    });
+    let (flat, offsets) = laid_out.unwrap_or_else(|| {
+        let offsets = lengths
+            .iter()
+            .scan(0, |offset, &length| {
+                let start = *offset;
+                *offset += length;
+                Some(start)
+            })
+            .collect();
+        (Tensor::cat(pieces, 0), offsets)
+    });
+    (flat, offsets.into_iter().zip(lengths).collect())
 }
 
 /// Rounds every value to the nearest float16 (vectorised where the CPU converts in hardware).
