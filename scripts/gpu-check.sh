@@ -14,7 +14,8 @@
 #        trajectory, tests/fixtures/pretrain, via bench/gpu/trajectory.py; the golden forward
 #        cases through a BERT-base on CUDA against the CPU backend's float32, bench/gpu/compare.py)
 #        and one cold pass of every timed benchmark below (its first-pass time is the cold
-#        start-up figure; NCCL's all-reduce, sums checked, thus runs early too). A monitor samples each process's CPU time and the GPU every 15 s.
+#        start-up figure; NCCL's all-reduce, sums checked, thus runs early too). A monitor
+#        samples each process's CPU time and the GPU every 15 s.
 #     B. one at a time, caches warm, most wanted first: SQuAD inference (BERT-large, seq 384,
 #        batch 8) and BERT-large phase-1 pretraining steps (seq 128, batch $PRETRAIN_BATCH, 20
 #        masked positions) per precision, PyTorch on the same card with torch.autocast
@@ -85,16 +86,15 @@ log device
 # stale choice costs speed, never results).
 export BERT_RS_KERNEL_CACHE=$WORK/kernels CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal}
 mkdir -p "$BERT_RS_KERNEL_CACHE"
-if [ -f gpu-carry/kernel-cache.tar.xz ]; then
-    "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
-        gpu-carry/kernel-cache.tar.xz "$BERT_RS_KERNEL_CACHE" && echo "kernel caches: carried in" | tee -a "$OUTDIR/summary.txt"
-else
-    echo "kernel caches: cold" | tee -a "$OUTDIR/summary.txt"
-fi
-if [ -f gpu-carry/ptx-cache.tar.xz ]; then
-    "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
-        gpu-carry/ptx-cache.tar.xz "$BERT_RS_KERNEL_CACHE" && echo "compiled PTX: carried in (used if this binary is the build that compiled it)" | tee -a "$OUTDIR/summary.txt"
-fi
+# The compiled PTX (ptx-cache) serves only the build that compiled it.
+for archive in kernel-cache ptx-cache; do
+    if [ -f "gpu-carry/$archive.tar.xz" ]; then
+        "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+            "gpu-carry/$archive.tar.xz" "$BERT_RS_KERNEL_CACHE" && echo "$archive: carried in"
+    else
+        echo "$archive: cold"
+    fi
+done | tee -a "$OUTDIR/summary.txt"
 # PyTorch's wheel carries NCCL as libnccl.so.2; cudarc looks for libnccl.so.
 NCCL_LIB=$("$PY" -c 'import glob, os, torch; print(next(iter(glob.glob(os.path.join(os.path.dirname(torch.__file__), "..", "nvidia", "nccl", "lib", "libnccl.so*"))), ""))')
 if [ -n "$NCCL_LIB" ]; then
