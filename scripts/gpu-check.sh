@@ -12,12 +12,13 @@
 #        minutes; the 16 cores do it in parallel and fill the shared kernel caches):
 #        correctness at tf32, bf16 and fp16 (the PyTorch reference's 4-step pretraining
 #        trajectory, tests/fixtures/pretrain, via bench/gpu/trajectory.py; the golden forward
-#        cases through a BERT-base on CUDA against the CPU backend's float32, bench/gpu/compare.py)
+#        cases through a BERT-base on CUDA against the CPU backend's float32, bench/gpu/compare.py,
+#        also with burn's fused attention at tf32 and bf16)
 #        and one cold pass of every timed benchmark below (its first-pass time is the cold
 #        start-up figure; NCCL's all-reduce, sums checked, thus runs early too). A monitor
 #        samples each process's CPU time and the GPU every 15 s.
 #     B. one at a time, caches warm, most wanted first: SQuAD inference (BERT-large, seq 384,
-#        batch 8) and BERT-large phase-1 pretraining steps (seq 128, batch $PRETRAIN_BATCH, 20
+#        batch 8; explicit and fused attention) and BERT-large phase-1 pretraining steps (seq 128, batch $PRETRAIN_BATCH, 20
 #        masked positions) per precision, PyTorch on the same card with torch.autocast
 #        (bench/gpu/torch_bert.py), a kernel profile of one bf16 SQuAD pass, the fused NVLAMB
 #        kernels against the plain tensor step (bench optimizer), a kernel profile of one bf16
@@ -119,12 +120,15 @@ trajectory() {  # the reference's 4-step trajectory at one precision
     fi
 }
 CASES="padded_batch squad_384"
-forward() {  # the golden forward cases' inputs through the BERT-base on one backend and precision
-    local backend=$1 precision=$2
+# What the CUDA forward is checked at: precision, or precision-fused for burn's fused attention.
+VARIANTS="tf32 bf16 fp16 tf32-fused bf16-fused"
+forward() {  # the golden forward cases' inputs through the BERT-base on one backend and variant
+    local backend=$1 variant=$2 attention=explicit
+    [ "$variant" != "${variant%-fused}" ] && attention=fused
     for case in $CASES; do
-        limited "forward-$case-$backend-$precision" "$(phase_a_left)" "$BIN" encode --model "$WORK/base" \
-            --input "$WORK/$case.json" --backend "$backend" --precision "$precision" \
-            --output "$WORK/$case.$backend-$precision.safetensors"
+        limited "forward-$case-$backend-$variant" "$(phase_a_left)" "$BIN" encode --model "$WORK/base" \
+            --input "$WORK/$case.json" --backend "$backend" --precision "${variant%-fused}" \
+            --attention "$attention" --output "$WORK/$case.$backend-$variant.safetensors"
     done
 }
 monitor() {  # each bert-native's CPU time (compiling) and the GPU's use, every 15 s
@@ -143,9 +147,11 @@ done
 PHASE_A_END=$((SECONDS + ${PHASE_A_S:-300}))
 monitor &
 MONITOR=$!
+for variant in $VARIANTS; do
+    forward cuda "$variant" &
+done
 for precision in tf32 bf16 fp16; do
     trajectory "$precision" &
-    forward cuda "$precision" &
     limited "cold-squad-$precision" "$(phase_a_left)" "$BIN" bench squad-inference --config large --seq 384 \
         --batch 8 --iterations 1 --warmup 0 --backend cuda --precision "$precision" | cold | record &
     limited "cold-pretrain-$precision" "$(phase_a_left)" "$BIN" bench pretrain --config large --seq 128 \
@@ -161,27 +167,31 @@ limited cold-allreduce "$(phase_a_left)" "$BIN" bench allreduce --backend cuda -
     --iterations 2 | cold | record &
 wait $(jobs -p | grep -vx "$MONITOR")
 for case in $CASES; do
-    for precision in tf32 bf16 fp16; do
-        if [ -f "$WORK/$case.cuda-$precision.safetensors" ] && [ -f "$WORK/$case.ndarray-fp32.safetensors" ]; then
+    for variant in $VARIANTS; do
+        if [ -f "$WORK/$case.cuda-$variant.safetensors" ] && [ -f "$WORK/$case.ndarray-fp32.safetensors" ]; then
             "$PY" bench/gpu/compare.py compare "tests/fixtures/forward/cases/$case.safetensors" \
-                "$WORK/$case.ndarray-fp32.safetensors" "$WORK/$case.cuda-$precision.safetensors" "$precision" \
-                | sed "s/^{/{\"case\": \"$case\", /" | record
+                "$WORK/$case.ndarray-fp32.safetensors" "$WORK/$case.cuda-$variant.safetensors" "${variant%-fused}" \
+                | sed "s/^{/{\"case\": \"$case\", \"variant\": \"$variant\", /" | record
         else
-            echo "{\"case\": \"$case\", \"precision\": \"$precision\", \"pass\": false, \"error\": \"encode failed or ran out of time\"}" | record
+            echo "{\"case\": \"$case\", \"variant\": \"$variant\", \"pass\": false, \"error\": \"encode failed or ran out of time\"}" | record
         fi
     done
 done
 
 log "B: timings one at a time, caches warm"
-squad() {
-    limited "squad-$1" "$2" "$BIN" bench squad-inference --config large --seq 384 --batch 8 --iterations 10 \
-        --warmup 3 --backend cuda --precision "$1" | record
+squad() {  # squad PRECISION CAP [ATTENTION]
+    local attention=${3:-explicit}
+    limited "squad-$1-$attention" "$2" "$BIN" bench squad-inference --config large --seq 384 --batch 8 \
+        --iterations 10 --warmup 3 --backend cuda --precision "$1" --attention "$attention" | record
 }
 pretrain() {
     limited "pretrain-$1" "$2" "$BIN" bench pretrain --config large --seq 128 --batch "$PRETRAIN_BATCH" \
         --max-pred 20 --steps 5 --warmup 2 --backend cuda --precision "$1" | record
 }
 squad bf16 60
+# burn's fused attention (flash attention where its autotuner picks it) against the explicit
+# softmax just timed: it compiles and tunes only the attention kernels anew.
+squad bf16 60 fused
 limited torch-squad 90 "$PY" bench/gpu/torch_bert.py squad-inference --config large --seq 384 --batch 8 \
     --steps 10 --warmup 3 --precision fp32,tf32,bf16,fp16 | record
 # Every kernel's time in one bf16 SQuAD pass after a warm-up pass (cubecl's profiling log),
@@ -203,6 +213,7 @@ profile profile-pretrain-bf16 45 "$BIN" bench pretrain --config large --seq 128 
     --max-pred 20 --steps 1 --warmup 1 --backend cuda --precision bf16
 squad fp16 45
 squad tf32 45
+squad fp16 45 fused
 pretrain fp16 90
 pretrain tf32 90
 for half in "" --half; do
@@ -217,11 +228,13 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
 rows = [r for r in rows if not r.get("cold")]
 speed = lambda r: r.get("training_sequences_per_second") or r.get("inference_sequences_per_second")
 for bench in ("squad-inference", "pretrain"):
-    ours = {r["precision"]: speed(r) for r in rows if r.get("benchmark") == bench and not r["backend"].startswith("pytorch")}
+    ours = {(r["precision"], r.get("attention", "explicit")): speed(r) for r in rows
+            if r.get("benchmark") == bench and not r["backend"].startswith("pytorch")}
     theirs = {r["precision"]: speed(r) for r in rows if r.get("benchmark") == bench and r["backend"].startswith("pytorch")}
-    for precision in ("tf32", "bf16", "fp16"):
-        if precision in ours and precision in theirs:
-            print(f"{bench} {precision}: bert-native {ours[precision]:.1f} seq/s, PyTorch {theirs[precision]:.1f} seq/s, ratio {ours[precision] / theirs[precision]:.2f}")
+    for (precision, attention), speed_ours in sorted(ours.items()):
+        if precision in theirs:
+            print(f"{bench} {precision} ({attention} attention): bert-native {speed_ours:.1f} seq/s, "
+                  f"PyTorch {theirs[precision]:.1f} seq/s, ratio {speed_ours / theirs[precision]:.2f}")
 PY
 # Failed or cut commands: the end of what they printed.
 for err in "$LOGS"/*.err; do

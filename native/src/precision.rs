@@ -1,11 +1,21 @@
-//! `--precision` and the loss-scaling flags every training command shares.
+//! `--precision` and the loss-scaling flags every training command shares, and the inference
+//! commands' `--attention`.
 
 use anyhow::{bail, Result};
-use bert_core::model::Precision;
+use bert_core::model::{AttentionKernel, Precision};
 use bert_core::optim::{DivergenceGuard, LossScaler, LossScaling};
 use clap::Args;
 
 use crate::backend::BackendKind;
+
+/// How an inference command computes attention.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct AttentionArgs {
+    /// explicit: separate products and a float32 softmax, as training computes it; fused: burn's
+    /// attention operation (flash attention where burn's GPU backends find it faster).
+    #[arg(long, default_value = "explicit")]
+    pub attention: AttentionKernel,
+}
 
 /// Arithmetic of training and inference (`--fp16`/`--amp` in the reference).
 #[derive(Debug, Clone, Args)]

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use bert_core::model::AttentionKernel;
 use bert_core::pretrained::{load_model, ModelFiles};
 use burn::tensor::backend::Backend;
 
@@ -90,11 +91,13 @@ fn compare_per_row(
     }
 }
 
-/// Loads MiniLM plus the seeded heads, runs `case` and checks every output the case holds.
-pub fn check_case<B: Backend>(case: &str, device: &B::Device) {
+/// Loads MiniLM plus the seeded heads, runs `case` with `attention` computed as it says and checks
+/// every output the case holds.
+pub fn check_case<B: Backend>(case: &str, attention: AttentionKernel, device: &B::Device) {
     let files = ModelFiles::find(&minilm_dir(), None).expect("model folder");
     let heads = fixture("forward/weights/heads.safetensors");
-    let loaded = load_model::<B>(&files, &[heads], device).expect("MiniLM loads");
+    let mut loaded = load_model::<B>(&files, &[heads], device).expect("MiniLM loads");
+    loaded.model.bert.attention_kernel = attention;
     assert!(
         loaded.report.missing.is_empty(),
         "missing: {:?}",

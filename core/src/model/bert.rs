@@ -8,11 +8,15 @@
 //! pooled = tanh(W_p · h[:, 0])
 //! ```
 //! The attention mask is additive, `(1 - mask) * -10000` on the keys, so a row whose mask is all
-//! zero attends uniformly, exactly as the reference does.
+//! zero attends uniformly, exactly as the reference does. Inference may take burn's fused
+//! `attention` operation instead (see [`AttentionKernel`]).
 //!
 //! Under mixed precision the products (`linear`, `matmul`) run in half precision and `full`
 //! brings their results back to float32 before softmax, residual sums and LayerNorm, where
 //! `torch.autocast` would (see [`super::precision`]).
+
+use std::fmt;
+use std::str::FromStr;
 
 use burn::module::{Module, Param};
 use burn::nn::{
@@ -21,7 +25,9 @@ use burn::nn::{
 };
 use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax, tanh};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
 use crate::model::precision::{full, linear, matmul, Precision};
@@ -108,28 +114,44 @@ impl<B: Backend> BertSelfAttention<B> {
         }
     }
 
-    /// `hidden_states` `[B, S, H]`, `attention_bias` `[B, 1, 1, S]` (0 or -10000 per key); the
-    /// result is in the products' precision.
+    /// `hidden_states` `[B, S, H]`, the keys each query may attend to; the result is in the
+    /// products' precision.
     pub fn forward(
         &self,
         hidden_states: Tensor<B, 3>,
-        attention_bias: Tensor<B, 4>,
+        key_mask: &KeyMask<B>,
         precision: Precision,
     ) -> Tensor<B, 3> {
         let [batch_size, seq_len, hidden] = hidden_states.dims();
-        let head_size = hidden / self.num_attention_heads;
+        let heads = self.num_attention_heads;
+        let head_size = hidden / heads;
         let split_heads = |x: Tensor<B, 3>| {
-            x.reshape([batch_size, seq_len, self.num_attention_heads, head_size])
+            x.reshape([batch_size, seq_len, heads, head_size])
                 .swap_dims(1, 2)
         };
         let query = split_heads(linear(&self.query, hidden_states.clone(), precision));
         let key = split_heads(linear(&self.key, hidden_states.clone(), precision));
         let value = split_heads(linear(&self.value, hidden_states, precision));
 
-        let scores = full(matmul(query, key.transpose(), precision)) / (head_size as f64).sqrt()
-            + attention_bias;
-        let probabilities = self.attention_dropout.forward(softmax(scores, 3));
-        let context = matmul(probabilities, value, precision)
+        let context = match key_mask {
+            KeyMask::Additive(attention_bias) => {
+                let scores = full(matmul(query, key.transpose(), precision))
+                    / (head_size as f64).sqrt()
+                    + attention_bias.clone();
+                let probabilities = self.attention_dropout.forward(softmax(scores, 3));
+                matmul(probabilities, value, precision)
+            }
+            // softmax(Q·Kᵀ / sqrt(head_size)) · V in one operation, the masked keys left out.
+            KeyMask::Padded(padded_keys) => attention(
+                query,
+                key,
+                value,
+                Some(padded_keys.clone()),
+                None,
+                AttentionModuleOptions::default(),
+            ),
+        };
+        let context = context
             .swap_dims(1, 2)
             .reshape([batch_size, seq_len, hidden]);
         linear(&self.output, context, precision)
@@ -172,12 +194,12 @@ impl<B: Backend> BertLayer<B> {
     pub fn forward(
         &self,
         hidden_states: Tensor<B, 3>,
-        attention_bias: Tensor<B, 4>,
+        key_mask: &KeyMask<B>,
         precision: Precision,
     ) -> Tensor<B, 3> {
-        let attention_output =
-            self.attention
-                .forward(hidden_states.clone(), attention_bias, precision);
+        let attention_output = self
+            .attention
+            .forward(hidden_states.clone(), key_mask, precision);
         let hidden_states = self
             .attention_layer_norm
             .forward(hidden_states + self.dropout.forward(full(attention_output)));
@@ -237,6 +259,8 @@ pub struct BertModel<B: Backend> {
     pub pooler: Option<BertPooler<B>>,
     /// The arithmetic of the matrix products, here and in the heads; float32 unless set.
     pub precision: Precision,
+    /// How inference computes attention; [`AttentionKernel::Explicit`] unless set.
+    pub attention_kernel: AttentionKernel,
 }
 
 impl<B: Backend> BertModel<B> {
@@ -254,6 +278,7 @@ impl<B: Backend> BertModel<B> {
                 dense: dense(config, config.hidden_size, config.hidden_size, device),
             }),
             precision: Precision::Fp32,
+            attention_kernel: AttentionKernel::Explicit,
         }
     }
 
@@ -277,7 +302,14 @@ impl<B: Backend> BertModel<B> {
         input: BertInput<B>,
         keep_hidden_states: bool,
     ) -> (BertOutput<B>, Vec<Tensor<B, 3>>) {
-        let attention_bias = extended_attention_bias(input.attention_mask);
+        let fused = self.attention_kernel == AttentionKernel::Fused
+            && !B::ad_enabled(&input.attention_mask.device());
+        let key_mask = match self.encoder.layers.first() {
+            Some(layer) if fused => {
+                KeyMask::padded(input.attention_mask, layer.attention.num_attention_heads)
+            }
+            _ => KeyMask::additive(input.attention_mask),
+        };
         let mut hidden_states = self
             .embeddings
             .forward(input.input_ids, input.token_type_ids);
@@ -286,7 +318,7 @@ impl<B: Backend> BertModel<B> {
             if keep_hidden_states {
                 all_hidden_states.push(hidden_states.clone());
             }
-            hidden_states = layer.forward(hidden_states, attention_bias.clone(), self.precision);
+            hidden_states = layer.forward(hidden_states, &key_mask, self.precision);
         }
         if keep_hidden_states {
             all_hidden_states.push(hidden_states.clone());
@@ -308,11 +340,87 @@ impl<B: Backend> BertModel<B> {
     }
 }
 
-/// `[B, S]` 0/1 mask to the `[B, 1, 1, S]` additive bias `(1 - mask) * -10000`.
-fn extended_attention_bias<B: Backend>(attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
-    let [batch_size, seq_len] = attention_mask.dims();
-    let masked = attention_mask.float().neg().add_scalar(1.0);
-    (masked * MASKED_SCORE).reshape([batch_size, 1, 1, seq_len])
+/// How inference computes attention. Training always takes the explicit form: burn's fused
+/// operation has no dropout, and under autodiff burn composes it from the same operations anyway.
+///
+/// The explicit form is the default because it is the faster one wherever it has been measured:
+/// on the CPU (ndarray) and on wgpu over lavapipe burn's fused operation runs its own
+/// composition of the same steps, 3% and 5-13% slower on a BERT-base SQuAD pass
+/// (docs/benchmarks.md). The fused form is there for the GPUs, where burn's autotuner may pick
+/// flash attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttentionKernel {
+    /// burn's `attention` operation, padded keys left out and an all-zero mask masking nothing
+    /// (the same probabilities as the additive mask: `exp(-10000)` is 0 in float32). On the
+    /// CubeCL backends burn autotunes it between flash attention, which never writes the
+    /// `[B, heads, S, S]` scores out, and separate kernels; under mixed precision it runs in the
+    /// products' half precision (the flash kernels accumulate in float32).
+    Fused,
+    /// `softmax(Q·Kᵀ / sqrt(d) + bias) · V` as separate products and a float32 softmax, as in
+    /// training.
+    #[default]
+    Explicit,
+}
+
+impl AttentionKernel {
+    /// The name used on the command line and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fused => "fused",
+            Self::Explicit => "explicit",
+        }
+    }
+}
+
+impl fmt::Display for AttentionKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for AttentionKernel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Self::Fused, Self::Explicit]
+            .into_iter()
+            .find(|kernel| kernel.name() == s)
+            .ok_or_else(|| format!("unknown attention kernel `{s}`: use fused or explicit"))
+    }
+}
+
+/// Which keys each query may attend to, in the form the attention computation takes.
+#[derive(Debug, Clone)]
+pub enum KeyMask<B: Backend> {
+    /// `[B, 1, 1, S]`, 0 or -10000 per key, added to the scores (the explicit form).
+    Additive(Tensor<B, 4>),
+    /// `[B, heads, S, S]`, true for a key left out (the fused form).
+    Padded(Tensor<B, 4, Bool>),
+}
+
+impl<B: Backend> KeyMask<B> {
+    /// The `[B, S]` 0/1 `attention_mask` as the additive bias `(1 - mask) * -10000`.
+    pub fn additive(attention_mask: Tensor<B, 2, Int>) -> Self {
+        let [batch_size, seq_len] = attention_mask.dims();
+        let masked = attention_mask.float().neg().add_scalar(1.0);
+        Self::Additive((masked * MASKED_SCORE).reshape([batch_size, 1, 1, seq_len]))
+    }
+
+    /// The `[B, S]` 0/1 `attention_mask` as the keys each of `heads` heads leaves out: the
+    /// padding, except in a row with no token at all, which attends to every key as the additive
+    /// mask makes it do. Written out in full, once per forward pass: burn 0.21's flash kernel
+    /// reads its mask as a contiguous `[B, heads, S, S]` tensor, so a broadcast view of a
+    /// `[B, 1, 1, S]` mask would be misread (tests/tests/flash_attention_wgpu.rs).
+    pub fn padded(attention_mask: Tensor<B, 2, Int>, heads: usize) -> Self {
+        let [batch_size, seq_len] = attention_mask.dims();
+        let no_tokens = attention_mask.clone().sum_dim(1).equal_elem(0).int();
+        let kept = (attention_mask + no_tokens).reshape([batch_size, 1, 1, seq_len]);
+        // One element-wise comparison over the broadcast view writes a new, contiguous tensor.
+        Self::Padded(
+            kept.expand([batch_size, heads, seq_len, seq_len])
+                .equal_elem(0),
+        )
+    }
 }
 
 /// Applies `hidden_act` element-wise.

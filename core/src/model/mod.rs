@@ -5,7 +5,7 @@ pub mod heads;
 pub mod input;
 pub mod precision;
 
-pub use bert::{BertModel, BertOutput};
+pub use bert::{AttentionKernel, BertModel, BertOutput, KeyMask};
 pub use heads::{
     BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification, BertWithHeads,
     HeadOutputs, Heads, MaskedLmHead,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use bert_core::model::{BertForQuestionAnswering, Precision, TokenBatch};
+use bert_core::model::{AttentionKernel, BertForQuestionAnswering, Precision, TokenBatch};
 use bert_core::pretrained::{load_model, ModelFiles};
 use bert_core::BertConfig;
 use burn::tensor::backend::Backend;
@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::{synthetic_row, time_iterations, timing_summary, Timings};
 use crate::backend::{self, BackendKind, Job};
-use crate::precision::check_backend;
+use crate::precision::{check_backend, AttentionArgs};
 
 /// Arguments of `bench forward`.
 #[derive(Debug, Args)]
@@ -40,6 +40,8 @@ pub struct ForwardArgs {
     /// Arithmetic of the matrix products: fp32, tf32, fp16 or bf16 (half needs cuda or wgpu).
     #[arg(long, default_value = "fp32")]
     precision: Precision,
+    #[command(flatten)]
+    attention: AttentionArgs,
 }
 
 /// Runs `bench forward`.
@@ -62,6 +64,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
             iterations: args.iterations,
             warmup: args.warmup,
             precision: args.precision,
+            attention: args.attention.attention,
         },
     )?;
     let summary = timing_summary(&mut timings.timed_ms, args.batch_size);
@@ -69,6 +72,7 @@ pub fn run(args: ForwardArgs) -> Result<()> {
         "benchmark": "forward",
         "backend": backend_name,
         "precision": args.precision,
+        "attention": args.attention.attention.name(),
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
         "iterations": args.iterations,
@@ -98,6 +102,7 @@ struct BenchJob {
     iterations: usize,
     warmup: usize,
     precision: Precision,
+    attention: AttentionKernel,
 }
 
 impl Job for BenchJob {
@@ -106,6 +111,7 @@ impl Job for BenchJob {
     fn run<B: Backend>(self, device: B::Device) -> Result<Timings> {
         let mut loaded = load_model::<B>(&self.files, &self.extra_weights, &device)?;
         loaded.model.bert.precision = self.precision;
+        loaded.model.bert.attention_kernel = self.attention;
         let input = self.batch.to_input::<B>(&loaded.config, &device)?;
         time_iterations(self.warmup, self.iterations, || {
             let outputs = loaded.model.forward(input.clone());
@@ -144,6 +150,8 @@ pub struct SquadInferenceArgs {
     /// Arithmetic of the matrix products: fp32, tf32, fp16 or bf16 (half needs cuda or wgpu).
     #[arg(long, default_value = "fp32")]
     precision: Precision,
+    #[command(flatten)]
+    attention: AttentionArgs,
 }
 
 /// Runs `bench squad-inference`: the reference's SQuAD inference benchmark shape.
@@ -164,6 +172,7 @@ pub fn run_squad_inference(args: SquadInferenceArgs) -> Result<()> {
             iterations: args.iterations,
             warmup: args.warmup,
             precision: args.precision,
+            attention: args.attention.attention,
         },
     )?;
     let summary = timing_summary(&mut timings.timed_ms, args.batch);
@@ -173,6 +182,7 @@ pub fn run_squad_inference(args: SquadInferenceArgs) -> Result<()> {
             "benchmark": "squad-inference",
             "backend": backend_name,
             "precision": args.precision,
+            "attention": args.attention.attention.name(),
             "config": args.config,
             "batch_size": args.batch,
             "seq_len": args.seq,
@@ -191,6 +201,7 @@ struct SquadInferenceJob {
     iterations: usize,
     warmup: usize,
     precision: Precision,
+    attention: AttentionKernel,
 }
 
 impl Job for SquadInferenceJob {
@@ -199,6 +210,7 @@ impl Job for SquadInferenceJob {
     fn run<B: Backend>(self, device: B::Device) -> Result<Timings> {
         let mut model = BertForQuestionAnswering::<B>::new(&self.config, &device);
         model.bert.precision = self.precision;
+        model.bert.attention_kernel = self.attention;
         let input = self.batch.to_input::<B>(&self.config, &device)?;
         time_iterations(self.warmup, self.iterations, || {
             let (start, end) = model.forward(input.clone());

@@ -4,15 +4,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use bert_core::model::Precision;
-use bert_core::model::TokenBatch;
+use bert_core::model::{AttentionKernel, Precision, TokenBatch};
 use bert_core::pretrained::{load_model, ModelFiles};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use clap::Args;
 
 use crate::backend::{self, BackendKind, Job};
-use crate::precision::check_backend;
+use crate::precision::{check_backend, AttentionArgs};
 use crate::report::print_load_report;
 
 /// Arguments of `encode`.
@@ -49,6 +48,8 @@ pub struct EncodeArgs {
     /// Arithmetic of the matrix products: fp32, tf32, fp16 or bf16 (half needs cuda or wgpu).
     #[arg(long, default_value = "fp32")]
     precision: Precision,
+    #[command(flatten)]
+    attention: AttentionArgs,
 }
 
 /// Runs `encode`.
@@ -92,6 +93,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
             batch,
             input_name,
             precision: args.precision,
+            attention: args.attention.attention,
         },
     )?;
 
@@ -114,6 +116,7 @@ struct EncodeJob {
     batch: TokenBatch,
     input_name: String,
     precision: Precision,
+    attention: AttentionKernel,
 }
 
 impl Job for EncodeJob {
@@ -122,6 +125,7 @@ impl Job for EncodeJob {
     fn run<B: Backend>(self, device: B::Device) -> Result<Outputs> {
         let mut loaded = load_model::<B>(&self.files, &self.extra_weights, &device)?;
         loaded.model.bert.precision = self.precision;
+        loaded.model.bert.attention_kernel = self.attention;
         print_load_report(&loaded.report);
         let input = self
             .batch
