@@ -4,7 +4,6 @@
 //! results are put back into `Tensor`s of the same backend.
 
 use std::any::{Any, TypeId};
-use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
@@ -23,12 +22,12 @@ use crate::lamb::FlatLayout;
 #[derive(Debug, Clone)]
 pub(crate) enum FusedOp {
     /// `[one tensor per segment] -> [their flat buffer]` (the gaps between tensors unwritten).
-    LayOut(Arc<FlatLayout>),
+    LayOut(FlatLayout),
     /// `[values] -> [sum(values^2)]`.
-    SquaredNorm(Arc<FlatLayout>),
+    SquaredNorm(FlatLayout),
     /// `[grad, value, exp_avg, exp_avg_sq, clip_divisor] -> [value, exp_avg, exp_avg_sq]`, with
     /// the coefficients of [`crate::lamb::LambCoefficients::as_f32`].
-    LambStep(Arc<FlatLayout>, [f32; 8]),
+    LambStep(FlatLayout, [f32; 8]),
 }
 
 impl FusedOp {
@@ -44,9 +43,9 @@ impl FusedOp {
     /// The shapes of the outputs.
     fn output_shapes(&self) -> Vec<Shape> {
         match self {
-            FusedOp::LayOut(layout) => vec![Shape::new([layout.len])],
+            FusedOp::LayOut(layout) => vec![Shape::new([layout.len()])],
             FusedOp::SquaredNorm(_) => vec![Shape::new([1])],
-            FusedOp::LambStep(layout, _) => vec![Shape::new([layout.len]); 3],
+            FusedOp::LambStep(layout, _) => vec![Shape::new([layout.len()]); 3],
         }
     }
 }
@@ -210,17 +209,18 @@ fn empty<R: CubeRuntime>(reference: &CubeTensor<R>, len: usize) -> CubeTensor<R>
 /// `sources` (one per tensor of `layout`) copied into a new flat buffer, as many per launch as
 /// the device lets a kernel bind.
 fn lay_out<R: CubeRuntime>(sources: &[CubeTensor<R>], layout: &FlatLayout) -> CubeTensor<R> {
-    let flat = empty(&sources[0], layout.len);
+    let flat = empty(&sources[0], layout.len());
     let per_launch = sources[0]
         .max_bindings()
         .saturating_sub(4)
         .clamp(1, FusedOp::MAX_LAID_OUT_PER_LAUNCH) as usize;
-    let chunk_table = upload(&flat, &layout.chunks);
-    let tensor_table = upload(&flat, &layout.tensors);
+    let chunk_table = upload(&flat, layout.chunk_table());
+    let tensor_table = upload(&flat, layout.tensor_table());
     for (launch, batch) in sources.chunks(per_launch).enumerate() {
         let first_tensor = launch * per_launch;
-        let first_chunk = layout.tensors[first_tensor * TENSOR_ENTRIES];
-        let end_chunk = layout.tensors[(first_tensor + batch.len() - 1) * TENSOR_ENTRIES + 1];
+        let first_chunk = layout.tensor_table()[first_tensor * TENSOR_ENTRIES];
+        let end_chunk =
+            layout.tensor_table()[(first_tensor + batch.len() - 1) * TENSOR_ENTRIES + 1];
         if first_chunk == end_chunk {
             continue;
         }
@@ -258,7 +258,7 @@ fn squared_norm<R: CubeRuntime>(values: &CubeTensor<R>, layout: &FlatLayout) -> 
         cube_count(layout.chunks()),
         cube_dim,
         values.clone().into_array_arg(),
-        upload(&values, &layout.chunks)(),
+        upload(&values, layout.chunk_table())(),
         partials.clone().into_array_arg(),
         true,
     );
@@ -291,20 +291,20 @@ fn lamb_step<R: CubeRuntime>(
     let client = value.client.clone();
     let cube_dim = CubeDim::new_1d(CUBE_UNITS);
     let chunks = layout.chunks();
-    let new_exp_avg = empty(&value, layout.len);
-    let new_exp_avg_sq = empty(&value, layout.len);
-    let update = empty(&value, layout.len);
+    let new_exp_avg = empty(&value, layout.len());
+    let new_exp_avg_sq = empty(&value, layout.len());
+    let update = empty(&value, layout.len());
     let partials = empty(&value, 2 * chunks);
     let step_sizes = empty(&value, layout.tensors());
-    let new_value = empty(&value, layout.len);
+    let new_value = empty(&value, layout.len());
     // The step's constants, then one weight decay per tensor.
     let coefficients: Vec<f32> = coefficients
         .iter()
-        .chain(&layout.weight_decay)
+        .chain(layout.weight_decays())
         .copied()
         .collect();
     let coefficients_arg = upload(&value, &coefficients);
-    let chunk_table_arg = upload(&value, &layout.chunks);
+    let chunk_table_arg = upload(&value, layout.chunk_table());
     lamb_update::launch::<R>(
         &client,
         cube_count(chunks),
@@ -326,7 +326,7 @@ fn lamb_step<R: CubeRuntime>(
         cube_count(layout.tensors()),
         cube_dim,
         partials.into_array_arg(),
-        upload(&value, &layout.tensors)(),
+        upload(&value, layout.tensor_table())(),
         coefficients_arg(),
         step_sizes.clone().into_array_arg(),
     );

@@ -12,6 +12,8 @@
 #[cfg(feature = "gpu")]
 pub(crate) mod kernels;
 
+use std::sync::Arc;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -35,21 +37,27 @@ pub struct Segment {
 }
 
 /// Where each parameter tensor lies in the flat buffers, and their chunks, as the kernels read
-/// them.
+/// them. Cloning one is cheap (its tables are shared): every kernel call takes its own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FlatLayout {
+    tables: Arc<LayoutTables>,
+}
+
+/// The tables of a [`FlatLayout`].
+#[derive(Debug, PartialEq)]
+struct LayoutTables {
     /// Elements of a buffer, the gaps between tensors included.
-    pub(crate) len: usize,
+    len: usize,
     /// Where each tensor starts.
     offsets: Vec<usize>,
     /// Each tensor's number of elements.
     lens: Vec<usize>,
     /// `[tensor, start, end)` of each chunk.
-    pub(crate) chunks: Vec<u32>,
+    chunks: Vec<u32>,
     /// `[first chunk, end chunk, trust ratio applies]` of each tensor.
-    pub(crate) tensors: Vec<u32>,
+    tensors: Vec<u32>,
     /// Weight decay of each tensor.
-    pub(crate) weight_decay: Vec<f32>,
+    weight_decay: Vec<f32>,
 }
 
 impl FlatLayout {
@@ -78,13 +86,16 @@ impl FlatLayout {
             offset = end.next_multiple_of(ALIGNMENT);
         }
         u32::try_from(offset).ok()?;
-        Some(Self {
+        let tables = LayoutTables {
             len: offset,
             offsets,
             lens: segments.iter().map(|s| s.len).collect(),
             chunks,
             tensors,
             weight_decay: segments.iter().map(|s| s.weight_decay).collect(),
+        };
+        Some(Self {
+            tables: Arc::new(tables),
         })
     }
 
@@ -104,33 +115,51 @@ impl FlatLayout {
 
     /// Elements of a buffer, the gaps between tensors included.
     pub fn len(&self) -> usize {
-        self.len
+        self.tables.len
     }
 
     /// Where each tensor starts in a buffer.
     pub fn offsets(&self) -> &[usize] {
-        &self.offsets
+        &self.tables.offsets
     }
 
     /// Each tensor's number of elements.
     pub fn segment_lens(&self) -> impl Iterator<Item = usize> + '_ {
-        self.lens.iter().copied()
+        self.tables.lens.iter().copied()
     }
 
     /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.tables.len == 0
     }
 
     /// Number of parameter tensors.
     pub fn tensors(&self) -> usize {
-        self.weight_decay.len()
+        self.tables.weight_decay.len()
     }
 
     /// Number of chunks.
     #[cfg(feature = "gpu")]
     pub(crate) fn chunks(&self) -> usize {
-        self.chunks.len() / 3
+        self.tables.chunks.len() / 3
+    }
+
+    /// `[tensor, start, end)` of each chunk.
+    #[cfg(any(feature = "gpu", test))]
+    pub(crate) fn chunk_table(&self) -> &[u32] {
+        &self.tables.chunks
+    }
+
+    /// `[first chunk, end chunk, trust ratio applies]` of each tensor.
+    #[cfg(any(feature = "gpu", test))]
+    pub(crate) fn tensor_table(&self) -> &[u32] {
+        &self.tables.tensors
+    }
+
+    /// Weight decay of each tensor.
+    #[cfg(feature = "gpu")]
+    pub(crate) fn weight_decays(&self) -> &[f32] {
+        &self.tables.weight_decay
     }
 }
 
@@ -209,12 +238,9 @@ pub fn lay_out<B: Backend>(tensors: &[Tensor<B, 1>], layout: &FlatLayout) -> Opt
     #[cfg(feature = "gpu")]
     {
         let inputs: Vec<&Tensor<B, 1>> = tensors.iter().collect();
-        let [flat] = crate::backend::run(
-            &inputs,
-            crate::backend::FusedOp::LayOut(std::sync::Arc::new(layout.clone())),
-        )?
-        .try_into()
-        .ok()?;
+        let [flat] = crate::backend::run(&inputs, crate::backend::FusedOp::LayOut(layout.clone()))?
+            .try_into()
+            .ok()?;
         Some(flat)
     }
     #[cfg(not(feature = "gpu"))]
@@ -233,7 +259,7 @@ pub fn squared_norm<B: Backend>(
     {
         let [norm] = crate::backend::run(
             &[values],
-            crate::backend::FusedOp::SquaredNorm(std::sync::Arc::new(layout.clone())),
+            crate::backend::FusedOp::SquaredNorm(layout.clone()),
         )?
         .try_into()
         .ok()?;
@@ -267,10 +293,7 @@ pub fn lamb_step<B: Backend>(
                 &state.exp_avg_sq,
                 clip_divisor,
             ],
-            crate::backend::FusedOp::LambStep(
-                std::sync::Arc::new(layout.clone()),
-                coefficients.as_f32(),
-            ),
+            crate::backend::FusedOp::LambStep(layout.clone(), coefficients.as_f32()),
         )?
         .try_into()
         .ok()?;
@@ -315,10 +338,10 @@ mod tests {
         assert_eq!(layout.offsets(), [0, 5056, 5120]);
         assert_eq!(layout.len(), 9216);
         assert_eq!(
-            layout.chunks,
+            layout.chunk_table(),
             [0, 0, 4096, 0, 4096, 5000, 1, 5056, 5059, 2, 5120, 9216]
         );
-        assert_eq!(layout.tensors, [0, 2, 1, 2, 3, 0, 3, 4, 1]);
-        assert_eq!(layout.weight_decay, [0.01, 0.0, 0.01]);
+        assert_eq!(layout.tensor_table(), [0, 2, 1, 2, 3, 0, 3, 4, 1]);
+        assert_eq!(layout.tables.weight_decay, [0.01, 0.0, 0.01]);
     }
 }

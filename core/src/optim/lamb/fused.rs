@@ -3,8 +3,9 @@
 //! stepped in five kernel launches whatever its number of tensors, as apex's multi-tensor LAMB
 //! does. The result is the plain step's (`tests/tests/fused_lamb_wgpu.rs` compares them).
 //!
-//! The moments stay in their flat buffers between steps and are cut into tensors only when asked
-//! for ([`Lamb::moments`]); the values and gradients are laid out at each step (burn keeps every
+//! The moments stay in their flat buffers between steps, with the buffers' layouts (so a step
+//! over the same parameters builds none), and are cut into tensors only when asked for
+//! ([`Lamb::moments`]); the values and gradients are laid out at each step (burn keeps every
 //! parameter and gradient in a buffer of its own) by bert-shaders' [`lay_out`], up to 32
 //! tensors per launch, and the new values are views of the new buffer.
 //!
@@ -24,7 +25,8 @@ use super::{Lamb, Moments, NamedParam};
 const FLAT_BUFFER_LEN: usize = 1 << 25;
 
 /// Both moments of every parameter as the kernels left them, one pair of flat buffers per
-/// [`buffer_groups`] group.
+/// [`buffer_groups`] group, and the groups' layouts, which the next step over the same parameters
+/// reuses.
 #[derive(Debug, Clone)]
 pub(super) struct FlatMoments<B: Backend> {
     /// Name and length of each parameter, in order: the next step reuses the buffers only for
@@ -32,6 +34,8 @@ pub(super) struct FlatMoments<B: Backend> {
     segments: Vec<(String, usize)>,
     /// The buffer and offset of each parameter.
     placements: Vec<(usize, usize)>,
+    /// The layout of each group's buffers.
+    layouts: Vec<FlatLayout>,
     /// `(exp_avg, exp_avg_sq)` of each group.
     buffers: Vec<(Tensor<B, 1>, Tensor<B, 1>)>,
 }
@@ -52,6 +56,16 @@ impl<B: Backend> FlatMoments<B> {
                 (name.clone(), moments)
             })
             .collect()
+    }
+
+    /// Whether these are the moments of exactly `params`, in order.
+    fn serves(&self, params: &[NamedParam<B>]) -> bool {
+        self.segments.len() == params.len()
+            && self
+                .segments
+                .iter()
+                .zip(params)
+                .all(|((name, len), param)| *name == param.name && *len == param.value.dims()[0])
     }
 }
 
@@ -75,19 +89,41 @@ fn buffer_groups(lens: &[usize]) -> Vec<Range<usize>> {
     groups
 }
 
-/// The squared global gradient norm and the gradients laid out, one buffer per group; `None`
-/// when the kernels cannot run (or there are no gradients).
+/// The tensors (by index) each of `layouts` lays out, one after the other.
+fn layout_groups(layouts: &[FlatLayout]) -> Vec<Range<usize>> {
+    let mut start = 0;
+    layouts
+        .iter()
+        .map(|layout| {
+            start += layout.tensors();
+            start - layout.tensors()..start
+        })
+        .collect()
+}
+
+/// The squared global gradient norm and the gradients laid out, one buffer per group (the
+/// layouts of `moments` when they are of these parameters); `None` when the kernels cannot run
+/// (or there are no gradients).
 pub(super) fn squared_grad_norm<B: Backend>(
     params: &[NamedParam<B>],
+    moments: Option<&FlatMoments<B>>,
 ) -> Option<(Tensor<B, 1>, Vec<Tensor<B, 1>>)> {
-    let lens: Vec<usize> = params.iter().map(|p| p.grad.dims()[0]).collect();
+    let layouts = match moments.filter(|flat| flat.serves(params)) {
+        Some(flat) => flat.layouts.clone(),
+        None => {
+            let lens: Vec<usize> = params.iter().map(|p| p.grad.dims()[0]).collect();
+            buffer_groups(&lens)
+                .into_iter()
+                .map(|group| FlatLayout::of_lengths(lens[group].iter().copied()))
+                .collect::<Option<_>>()?
+        }
+    };
     let mut total: Option<Tensor<B, 1>> = None;
     let mut grads = Vec::new();
-    for group in buffer_groups(&lens) {
-        let layout = FlatLayout::of_lengths(lens[group.clone()].iter().copied())?;
+    for (group, layout) in layout_groups(&layouts).into_iter().zip(&layouts) {
         let group_grads: Vec<Tensor<B, 1>> = params[group].iter().map(|p| p.grad.clone()).collect();
-        let grad = bert_shaders::lamb::lay_out(&group_grads, &layout)?;
-        let squared = bert_shaders::lamb::squared_norm(&grad, &layout)?;
+        let grad = bert_shaders::lamb::lay_out(&group_grads, layout)?;
+        let squared = bert_shaders::lamb::squared_norm(&grad, layout)?;
         total = Some(match total {
             Some(total) => total + squared,
             None => squared,
@@ -98,6 +134,29 @@ pub(super) fn squared_grad_norm<B: Backend>(
 }
 
 impl<B: Backend> Lamb<B> {
+    /// The layout of each buffer group of `params`, with each tensor's weight decay and trust
+    /// ratio.
+    fn layouts(&self, params: &[NamedParam<B>]) -> Option<Vec<FlatLayout>> {
+        let lens: Vec<usize> = params.iter().map(|p| p.value.dims()[0]).collect();
+        buffer_groups(&lens)
+            .into_iter()
+            .map(|group| {
+                let segments: Vec<Segment> = params[group]
+                    .iter()
+                    .map(|param| {
+                        let weight_decay = self.weight_decay(&param.name);
+                        Segment {
+                            len: param.value.dims()[0],
+                            weight_decay: weight_decay as f32,
+                            trust_ratio: self.trust_ratio_applies(weight_decay),
+                        }
+                    })
+                    .collect();
+                FlatLayout::new(&segments)
+            })
+            .collect()
+    }
+
     /// The step's new values as the kernels compute them, the moments updated; `flat_grads`: the
     /// gradients already laid out by [`squared_grad_norm`]. `None`, and nothing changed, when
     /// the kernels cannot run.
@@ -109,35 +168,19 @@ impl<B: Backend> Lamb<B> {
         coefficients: &LambCoefficients,
     ) -> Option<Vec<Tensor<B, 1>>> {
         let device = params.first()?.value.device();
-        let lens: Vec<usize> = params.iter().map(|p| p.value.dims()[0]).collect();
-        let groups = buffer_groups(&lens);
-        let key: Vec<(String, usize)> = params
-            .iter()
-            .zip(&lens)
-            .map(|(param, &len)| (param.name.clone(), len))
-            .collect();
         // The flat moments serve only the same parameters; otherwise the map takes over.
-        if let Some(flat) = self.flat_moments.take_if(|flat| flat.segments != key) {
+        if let Some(flat) = self.flat_moments.take_if(|flat| !flat.serves(params)) {
             self.moments = flat.to_map();
         }
+        let layouts = match &self.flat_moments {
+            Some(flat) => flat.layouts.clone(),
+            None => self.layouts(params)?,
+        };
+        let groups = layout_groups(&layouts);
         let flat_grads = flat_grads.filter(|grads| grads.len() == groups.len());
-        let mut layouts = Vec::with_capacity(groups.len());
         let mut steps = Vec::with_capacity(groups.len());
-        for (index, group) in groups.iter().enumerate() {
+        for (index, (group, layout)) in groups.iter().zip(&layouts).enumerate() {
             let group_params = &params[group.clone()];
-            let segments: Vec<Segment> = group_params
-                .iter()
-                .zip(&lens[group.clone()])
-                .map(|(param, &len)| {
-                    let weight_decay = self.weight_decay(&param.name);
-                    Segment {
-                        len,
-                        weight_decay: weight_decay as f32,
-                        trust_ratio: self.trust_ratio_applies(weight_decay),
-                    }
-                })
-                .collect();
-            let layout = FlatLayout::new(&segments)?;
             let (exp_avg, exp_avg_sq) = match &self.flat_moments {
                 Some(flat) => flat.buffers[index].clone(),
                 // The first step: the moments start at zero (or where a checkpoint left them).
@@ -157,14 +200,14 @@ impl<B: Backend> Lamb<B> {
                         })
                         .unzip();
                     (
-                        bert_shaders::lamb::lay_out(&exp_avg, &layout)?,
-                        bert_shaders::lamb::lay_out(&exp_avg_sq, &layout)?,
+                        bert_shaders::lamb::lay_out(&exp_avg, layout)?,
+                        bert_shaders::lamb::lay_out(&exp_avg_sq, layout)?,
                     )
                 }
             };
             let values: Vec<Tensor<B, 1>> = group_params.iter().map(|p| p.value.clone()).collect();
             let state = FlatLambState {
-                value: bert_shaders::lamb::lay_out(&values, &layout)?,
+                value: bert_shaders::lamb::lay_out(&values, layout)?,
                 exp_avg,
                 exp_avg_sq,
             };
@@ -173,27 +216,26 @@ impl<B: Backend> Lamb<B> {
                 None => {
                     let grads: Vec<Tensor<B, 1>> =
                         group_params.iter().map(|p| p.grad.clone()).collect();
-                    bert_shaders::lamb::lay_out(&grads, &layout)?
+                    bert_shaders::lamb::lay_out(&grads, layout)?
                 }
             };
             steps.push(bert_shaders::lamb::lamb_step(
                 &grad,
                 &state,
                 clip_divisor,
-                &layout,
+                layout,
                 coefficients,
             )?);
-            layouts.push(layout);
         }
         // Every group ran: the new values are views of the new buffers, which keep the moments.
         let mut values = Vec::with_capacity(params.len());
         let mut placements = Vec::with_capacity(params.len());
         let mut buffers = Vec::with_capacity(groups.len());
         for (buffer, ((group, layout), next)) in
-            groups.into_iter().zip(layouts).zip(steps).enumerate()
+            groups.into_iter().zip(&layouts).zip(steps).enumerate()
         {
-            for (&len, &offset) in lens[group].iter().zip(layout.offsets()) {
-                let range = offset..offset + len;
+            for (param, &offset) in params[group].iter().zip(layout.offsets()) {
+                let range = offset..offset + param.value.dims()[0];
                 values.push(next.value.clone().slice([range]));
                 placements.push((buffer, offset));
             }
@@ -201,8 +243,12 @@ impl<B: Backend> Lamb<B> {
         }
         self.moments.clear();
         self.flat_moments = Some(FlatMoments {
-            segments: key,
+            segments: params
+                .iter()
+                .map(|param| (param.name.clone(), param.value.dims()[0]))
+                .collect(),
             placements,
+            layouts,
             buffers,
         });
         Some(values)
