@@ -345,7 +345,7 @@ impl<B: Backend> BertModel<B> {
 ///
 /// The explicit form is the default because it is the faster one wherever it has been measured:
 /// on the CPU (ndarray) and on wgpu over lavapipe burn's fused operation runs its own
-/// composition of the same steps, 3% and 5-13% slower on a BERT-base SQuAD pass
+/// composition of the same steps, 2% and 9% slower on a BERT-base SQuAD pass
 /// (docs/benchmarks.md). The fused form is there for the GPUs, where burn's autotuner may pick
 /// flash attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
