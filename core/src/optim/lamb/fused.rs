@@ -29,43 +29,58 @@ const FLAT_BUFFER_LEN: usize = 1 << 25;
 /// reuses.
 #[derive(Debug, Clone)]
 pub(super) struct FlatMoments<B: Backend> {
-    /// Name and length of each parameter, in order: the next step reuses the buffers only for
-    /// the same parameters.
-    segments: Vec<(String, usize)>,
-    /// The buffer and offset of each parameter.
-    placements: Vec<(usize, usize)>,
-    /// The layout of each group's buffers.
+    /// Name of each parameter, in order: the next step reuses the buffers only for the same
+    /// parameters.
+    names: Vec<String>,
+    /// The layout of each group's buffers (where each parameter lies, and its length).
     layouts: Vec<FlatLayout>,
     /// `(exp_avg, exp_avg_sq)` of each group.
     buffers: Vec<(Tensor<B, 1>, Tensor<B, 1>)>,
 }
 
 impl<B: Backend> FlatMoments<B> {
+    /// Each parameter's name, buffer group and range in that group's buffers, in order.
+    fn placements(&self) -> impl Iterator<Item = (&str, usize, Range<usize>)> + '_ {
+        let ranges = self
+            .layouts
+            .iter()
+            .enumerate()
+            .flat_map(|(buffer, layout)| {
+                layout
+                    .offsets()
+                    .iter()
+                    .zip(layout.segment_lens())
+                    .map(move |(&offset, len)| (buffer, offset..offset + len))
+            });
+        self.names
+            .iter()
+            .zip(ranges)
+            .map(|(name, (buffer, range))| (name.as_str(), buffer, range))
+    }
+
     /// The moments by parameter name.
     pub(super) fn to_map(&self) -> BTreeMap<String, Moments<B>> {
-        self.segments
-            .iter()
-            .zip(&self.placements)
-            .map(|((name, len), &(buffer, offset))| {
+        self.placements()
+            .map(|(name, buffer, range)| {
                 let (exp_avg, exp_avg_sq) = &self.buffers[buffer];
-                let range = offset..offset + len;
                 let moments = Moments {
                     exp_avg: exp_avg.clone().slice([range.clone()]),
                     exp_avg_sq: exp_avg_sq.clone().slice([range]),
                 };
-                (name.clone(), moments)
+                (name.to_string(), moments)
             })
             .collect()
     }
 
     /// Whether these are the moments of exactly `params`, in order.
     fn serves(&self, params: &[NamedParam<B>]) -> bool {
-        self.segments.len() == params.len()
+        self.names.len() == params.len()
             && self
-                .segments
-                .iter()
+                .placements()
                 .zip(params)
-                .all(|((name, len), param)| *name == param.name && *len == param.value.dims()[0])
+                .all(|((name, _, range), param)| {
+                    name == param.name && range.len() == param.value.dims()[0]
+                })
     }
 }
 
@@ -229,25 +244,17 @@ impl<B: Backend> Lamb<B> {
         }
         // Every group ran: the new values are views of the new buffers, which keep the moments.
         let mut values = Vec::with_capacity(params.len());
-        let mut placements = Vec::with_capacity(params.len());
         let mut buffers = Vec::with_capacity(groups.len());
-        for (buffer, ((group, layout), next)) in
-            groups.into_iter().zip(&layouts).zip(steps).enumerate()
-        {
+        for ((group, layout), next) in groups.into_iter().zip(&layouts).zip(steps) {
             for (param, &offset) in params[group].iter().zip(layout.offsets()) {
                 let range = offset..offset + param.value.dims()[0];
                 values.push(next.value.clone().slice([range]));
-                placements.push((buffer, offset));
             }
             buffers.push((next.exp_avg, next.exp_avg_sq));
         }
         self.moments.clear();
         self.flat_moments = Some(FlatMoments {
-            segments: params
-                .iter()
-                .map(|param| (param.name.clone(), param.value.dims()[0]))
-                .collect(),
-            placements,
+            names: params.iter().map(|param| param.name.clone()).collect(),
             layouts,
             buffers,
         });
