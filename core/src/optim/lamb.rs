@@ -218,8 +218,9 @@ impl<B: Backend> Lamb<B> {
     /// gradient norm, and which is inf or NaN exactly when some gradient is.
     pub fn squared_grad_norm(&self, params: &[NamedParam<B>]) -> SquaredGradNorm<B> {
         if self.runs_fused(params) {
-            if let Some((squared, flat_grads)) =
-                fused::squared_grad_norm(params, self.flat_moments.as_ref())
+            if let Some((squared, flat_grads)) = self
+                .layouts(params)
+                .and_then(|layouts| fused::squared_grad_norm(params, &layouts))
             {
                 return SquaredGradNorm {
                     squared,

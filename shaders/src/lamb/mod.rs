@@ -100,7 +100,7 @@ impl FlatLayout {
     }
 
     /// The layout of tensors of these lengths that are only copied and summed, not stepped (no
-    /// weight decay, no trust ratio): the gradients of the global norm or of an all-reduce.
+    /// weight decay, no trust ratio): the gradients and losses of an all-reduce.
     pub fn of_lengths(lens: impl IntoIterator<Item = usize>) -> Option<Self> {
         let segments: Vec<Segment> = lens
             .into_iter()

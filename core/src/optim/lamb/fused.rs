@@ -116,26 +116,16 @@ fn layout_groups(layouts: &[FlatLayout]) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// The squared global gradient norm and the gradients laid out, one buffer per group (the
-/// layouts of `moments` when they are of these parameters); `None` when the kernels cannot run
-/// (or there are no gradients).
+/// The squared global gradient norm and the gradients laid out, one buffer per group of
+/// `layouts` (the step's, [`Lamb::layouts`]); `None` when the kernels cannot run (or there are no
+/// gradients).
 pub(super) fn squared_grad_norm<B: Backend>(
     params: &[NamedParam<B>],
-    moments: Option<&FlatMoments<B>>,
+    layouts: &[FlatLayout],
 ) -> Option<(Tensor<B, 1>, Vec<Tensor<B, 1>>)> {
-    let layouts = match moments.filter(|flat| flat.serves(params)) {
-        Some(flat) => flat.layouts.clone(),
-        None => {
-            let lens: Vec<usize> = params.iter().map(|p| p.grad.dims()[0]).collect();
-            buffer_groups(&lens)
-                .into_iter()
-                .map(|group| FlatLayout::of_lengths(lens[group].iter().copied()))
-                .collect::<Option<_>>()?
-        }
-    };
     let mut total: Option<Tensor<B, 1>> = None;
     let mut grads = Vec::new();
-    for (group, layout) in layout_groups(&layouts).into_iter().zip(&layouts) {
+    for (group, layout) in layout_groups(layouts).into_iter().zip(layouts) {
         let group_grads: Vec<Tensor<B, 1>> = params[group].iter().map(|p| p.grad.clone()).collect();
         let grad = bert_shaders::lamb::lay_out(&group_grads, layout)?;
         let squared = bert_shaders::lamb::squared_norm(&grad, layout)?;
@@ -150,8 +140,15 @@ pub(super) fn squared_grad_norm<B: Backend>(
 
 impl<B: Backend> Lamb<B> {
     /// The layout of each buffer group of `params`, with each tensor's weight decay and trust
-    /// ratio.
-    fn layouts(&self, params: &[NamedParam<B>]) -> Option<Vec<FlatLayout>> {
+    /// ratio: the kept moments' layouts when they are of these parameters, else new ones.
+    pub(super) fn layouts(&self, params: &[NamedParam<B>]) -> Option<Vec<FlatLayout>> {
+        if let Some(flat) = self
+            .flat_moments
+            .as_ref()
+            .filter(|flat| flat.serves(params))
+        {
+            return Some(flat.layouts.clone());
+        }
         let lens: Vec<usize> = params.iter().map(|p| p.value.dims()[0]).collect();
         buffer_groups(&lens)
             .into_iter()
@@ -187,10 +184,7 @@ impl<B: Backend> Lamb<B> {
         if let Some(flat) = self.flat_moments.take_if(|flat| !flat.serves(params)) {
             self.moments = flat.to_map();
         }
-        let layouts = match &self.flat_moments {
-            Some(flat) => flat.layouts.clone(),
-            None => self.layouts(params)?,
-        };
+        let layouts = self.layouts(params)?;
         let groups = layout_groups(&layouts);
         let flat_grads = flat_grads.filter(|grads| grads.len() == groups.len());
         let mut steps = Vec::with_capacity(groups.len());
