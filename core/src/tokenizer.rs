@@ -1,16 +1,24 @@
 //! WordPiece tokenization with the `tokenizers` crate, from `vocab.txt` or `tokenizer.json`,
 //! and the reference's `[CLS] A [SEP] B [SEP]` framing with `truncate_seq_pair`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer};
+use tokenizers::{
+    AddedToken, Normalizer, NormalizerWrapper, OffsetReferential, OffsetType, PreTokenizedString,
+    PreTokenizer, Tokenizer,
+};
+
+use vocab_learning::learn_wordpiece_tokens;
 
 use crate::error::TokenizerError;
 use crate::model::TokenBatch;
+
+mod vocab_learning;
 
 /// The five special tokens of every BERT vocabulary.
 const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
@@ -121,44 +129,30 @@ impl BertTokenizer {
     /// Learns a WordPiece vocabulary of about `vocab_size` entries from `texts` and returns it as
     /// the text of a `vocab.txt` laid out like BERT's: `[PAD]` at 0, `[unused0..98]`, then
     /// `[UNK]` 100, `[CLS]` 101, `[SEP]` 102, `[MASK]` 103, so the special ids match the ones the
-    /// reference's shard layout assumes.
+    /// reference's shard layout assumes. Deterministic: the same texts give the same file, whatever
+    /// the process, machine or thread count.
     pub fn train_vocab<'a>(
-        texts: impl Iterator<Item = &'a str> + Send,
+        texts: impl Iterator<Item = &'a str>,
         vocab_size: usize,
         lower_case: bool,
     ) -> Result<String, TokenizerError> {
-        use tokenizers::models::wordpiece::WordPieceTrainer;
-        use tokenizers::models::TrainerWrapper;
-
-        let mut tokenizer = Tokenizer::new(WordPiece::default());
-        tokenizer
-            .with_normalizer(Some(BertNormalizer::new(true, true, None, lower_case)))
-            .map_err(|e| TokenizerError::Build(e.to_string()))?;
-        tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
-        let mut trainer: TrainerWrapper = WordPieceTrainer::builder()
-            .vocab_size(vocab_size)
-            .show_progress(false)
-            .special_tokens(
-                SPECIAL_TOKENS
-                    .iter()
-                    .map(|t| AddedToken::from(*t, true))
-                    .collect(),
-            )
-            .build()
-            .into();
-        tokenizer
-            .train(&mut trainer, texts)
-            .map_err(|e| TokenizerError::Build(e.to_string()))?;
-        let mut learned: Vec<(String, u32)> = tokenizer
-            .get_vocab(false)
-            .into_iter()
-            .filter(|(token, _)| !SPECIAL_TOKENS.contains(&token.as_str()))
-            .collect();
-        learned.sort_by_key(|(_, id)| *id);
+        let normalizer = BertNormalizer::new(true, true, None, lower_case);
+        let mut word_counts = BTreeMap::<String, u64>::new();
+        for text in texts {
+            let mut words = PreTokenizedString::from(text);
+            words
+                .normalize(|text| normalizer.normalize(text))
+                .and_then(|()| BertPreTokenizer.pre_tokenize(&mut words))
+                .map_err(|e| TokenizerError::Build(e.to_string()))?;
+            for (word, _, _) in words.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+                *word_counts.entry(word.to_owned()).or_default() += 1;
+            }
+        }
+        let learned = learn_wordpiece_tokens(&word_counts, &SPECIAL_TOKENS, vocab_size);
         let mut lines = vec!["[PAD]".to_string()];
         lines.extend((0..99).map(|i| format!("[unused{i}]")));
         lines.extend(["[UNK]", "[CLS]", "[SEP]", "[MASK]"].map(String::from));
-        lines.extend(learned.into_iter().map(|(token, _)| token));
+        lines.extend(learned.into_iter().skip(SPECIAL_TOKENS.len()));
         Ok(lines.join("\n") + "\n")
     }
 
@@ -514,6 +508,22 @@ mod tests {
             "no [UNK] for words of the corpus: {:?}",
             encoding.tokens
         );
+    }
+
+    #[test]
+    fn learning_a_vocabulary_twice_gives_the_same_file() {
+        let articles = crate::data::synthetic::Encyclopedia::generate(60, 7).articles(7);
+        let learn = || {
+            BertTokenizer::train_vocab(articles.iter().map(|a| a.text.as_str()), 800, true).unwrap()
+        };
+        let first = learn();
+        assert_eq!(first.lines().count(), 99 + 800);
+        for _ in 0..3 {
+            assert!(
+                learn() == first,
+                "a second vocabulary differs from the first"
+            );
+        }
     }
 
     #[test]
