@@ -7,7 +7,11 @@ use clap::ValueEnum;
 /// Where tensors live and kernels run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// CPU through ndarray (feature `ndarray`, on by default).
+    /// CPU through burn's Flex backend (gemm products, threads, SIMD) with bert-core's fused
+    /// kernels: the fastest on the CPU, the default.
+    Flex,
+    /// CPU through ndarray (feature `ndarray`, on by default): plain burn operations, the
+    /// reference the fused kernels are tested against.
     Ndarray,
     /// Vulkan / Metal / DX12 / WebGPU through wgpu (feature `wgpu`).
     Wgpu,
@@ -18,6 +22,7 @@ pub enum BackendKind {
 impl std::fmt::Display for BackendKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = match self {
+            Self::Flex => "flex",
             Self::Ndarray => "ndarray",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
@@ -44,6 +49,7 @@ pub fn run<J: Job>(kind: BackendKind, job: J) -> Result<J::Output> {
 /// wgpu backends have one device.
 pub fn run_on<J: Job>(kind: BackendKind, device_index: usize, job: J) -> Result<J::Output> {
     match kind {
+        BackendKind::Flex => job.run::<burn::backend::Flex>(burn::backend::flex::FlexDevice),
         BackendKind::Ndarray => run_ndarray(job),
         BackendKind::Wgpu => run_wgpu(job),
         BackendKind::Cuda => run_cuda(device_index, job),
@@ -94,7 +100,7 @@ fn cuda_driver_present() -> Result<()> {
     // SAFETY: dlopen with a constant, NUL-terminated name; the handle is closed right away.
     let handle = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY) };
     if handle.is_null() {
-        bail!("the CUDA driver (libcuda.so.1) is not installed or not on the library path: no NVIDIA GPU backend on this machine; use --backend ndarray or wgpu");
+        bail!("the CUDA driver (libcuda.so.1) is not installed or not on the library path: no NVIDIA GPU backend on this machine; use --backend flex or wgpu");
     }
     // SAFETY: the handle came from dlopen above.
     unsafe { libc::dlclose(handle) };

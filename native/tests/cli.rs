@@ -317,7 +317,7 @@ fn info_describes_the_model() {
     let output = succeed(&["info", "--model", arg(&fixture("checkpoints"))]);
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(json["config"]["hidden_size"], 16);
-    assert_eq!(json["backend"], "ndarray");
+    assert_eq!(json["backend"], "flex");
     let heads: Vec<&str> = json["heads"]
         .as_array()
         .unwrap()

@@ -20,17 +20,15 @@ use std::str::FromStr;
 
 use burn::module::{Module, Param};
 use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
-    Linear, LinearConfig,
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig,
 };
-use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax, tanh};
+use burn::tensor::activation::{gelu_approximate, relu, tanh};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
-use crate::model::precision::{full, linear, matmul, Precision};
+use crate::model::ops::{self, attention, LayerNorm};
+use crate::model::precision::{full, linear, Precision};
 use crate::model::BertInput;
 
 /// The additive mask value of the reference: masked keys get `-10000` before the softmax.
@@ -122,38 +120,18 @@ impl<B: Backend> BertSelfAttention<B> {
         key_mask: &KeyMask<B>,
         precision: Precision,
     ) -> Tensor<B, 3> {
-        let [batch_size, seq_len, hidden] = hidden_states.dims();
-        let heads = self.num_attention_heads;
-        let head_size = hidden / heads;
-        let split_heads = |x: Tensor<B, 3>| {
-            x.reshape([batch_size, seq_len, heads, head_size])
-                .swap_dims(1, 2)
-        };
-        let query = split_heads(linear(&self.query, hidden_states.clone(), precision));
-        let key = split_heads(linear(&self.key, hidden_states.clone(), precision));
-        let value = split_heads(linear(&self.value, hidden_states, precision));
-
-        let context = match key_mask {
-            KeyMask::Additive(attention_bias) => {
-                let scores = full(matmul(query, key.transpose(), precision))
-                    / (head_size as f64).sqrt()
-                    + attention_bias.clone();
-                let probabilities = self.attention_dropout.forward(softmax(scores, 3));
-                matmul(probabilities, value, precision)
-            }
-            // softmax(Q·Kᵀ / sqrt(head_size)) · V in one operation, the masked keys left out.
-            KeyMask::Padded(padded_keys) => attention(
-                query,
-                key,
-                value,
-                Some(padded_keys.clone()),
-                None,
-                AttentionModuleOptions::default(),
-            ),
-        };
-        let context = context
-            .swap_dims(1, 2)
-            .reshape([batch_size, seq_len, hidden]);
+        let query = linear(&self.query, hidden_states.clone(), precision);
+        let key = linear(&self.key, hidden_states.clone(), precision);
+        let value = linear(&self.value, hidden_states, precision);
+        let context = attention(
+            query,
+            key,
+            value,
+            key_mask,
+            self.num_attention_heads,
+            &self.attention_dropout,
+            precision,
+        );
         linear(&self.output, context, precision)
     }
 }
@@ -202,7 +180,7 @@ impl<B: Backend> BertLayer<B> {
             .forward(hidden_states.clone(), key_mask, precision);
         let hidden_states = self
             .attention_layer_norm
-            .forward(hidden_states + self.dropout.forward(full(attention_output)));
+            .forward_residual(self.dropout.forward(full(attention_output)), hidden_states);
 
         let intermediate = activation(
             self.hidden_act,
@@ -210,7 +188,7 @@ impl<B: Backend> BertLayer<B> {
         );
         let feed_forward_output = full(linear(&self.output, intermediate, precision));
         self.output_layer_norm
-            .forward(hidden_states + self.dropout.forward(feed_forward_output))
+            .forward_residual(self.dropout.forward(feed_forward_output), hidden_states)
     }
 }
 
@@ -344,10 +322,10 @@ impl<B: Backend> BertModel<B> {
 /// operation has no dropout, and under autodiff burn composes it from the same operations anyway.
 ///
 /// The explicit form is the default because it is the faster one wherever it has been measured:
-/// on the CPU (ndarray) and on wgpu over lavapipe burn's fused operation runs its own
-/// composition of the same steps, 2% and 9% slower on a BERT-base SQuAD pass
-/// (docs/benchmarks.md). The fused form is there for the GPUs, where burn's autotuner may pick
-/// flash attention.
+/// on Flex it is bert-core's own fused CPU kernel (`model/cpu`); on ndarray and on wgpu over
+/// lavapipe burn's fused operation runs its own composition of the same steps, 2% and 9% slower
+/// on a BERT-base SQuAD pass (docs/benchmarks.md). The fused form is there for the GPUs, where
+/// burn's autotuner may pick flash attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AttentionKernel {
     /// burn's `attention` operation, padded keys left out and an all-zero mask masking nothing
@@ -410,7 +388,7 @@ impl<B: Backend> KeyMask<B> {
     /// padding, except in a row with no token at all, which attends to every key as the additive
     /// mask makes it do. Written out in full, once per forward pass: burn 0.21's flash kernel
     /// reads its mask as a contiguous `[B, heads, S, S]` tensor, so a broadcast view of a
-    /// `[B, 1, 1, S]` mask would be misread (tests/tests/flash_attention_wgpu.rs).
+    /// `[B, 1, 1, S]` mask would be misread (tests/tests/suite/flash_attention_wgpu.rs).
     pub fn padded(attention_mask: Tensor<B, 2, Int>, heads: usize) -> Self {
         let [batch_size, seq_len] = attention_mask.dims();
         let no_tokens = attention_mask.clone().sum_dim(1).equal_elem(0).int();
@@ -429,18 +407,10 @@ pub fn activation<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
     match hidden_act {
-        HiddenAct::Gelu if B::ad_enabled(&x.device()) => exact_gelu(x),
-        HiddenAct::Gelu => gelu(x),
+        HiddenAct::Gelu => ops::gelu(x),
         HiddenAct::GeluTanh => gelu_approximate(x),
         HiddenAct::Relu => relu(x),
     }
-}
-
-/// `x * 0.5 * (1 + erf(x / sqrt(2)))` from primitive operations. burn's fused GELU computes this
-/// exactly but back-propagates the derivative of the tanh approximation (~1e-4 relative error in
-/// the feed-forward gradients); composed, the gradient is exact. Inference keeps the fused kernel.
-fn exact_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    x.clone() * (x / core::f64::consts::SQRT_2).erf().add_scalar(1.0) * 0.5
 }
 
 /// N(0, `initializer_range`), NVIDIA's initialisation of every weight matrix.
@@ -467,7 +437,5 @@ pub(crate) fn dense<B: Backend>(
 
 /// A LayerNorm over the hidden size with the configuration's epsilon (weight 1, bias 0).
 pub(crate) fn layer_norm<B: Backend>(config: &BertConfig, device: &B::Device) -> LayerNorm<B> {
-    LayerNormConfig::new(config.hidden_size)
-        .with_epsilon(config.layer_norm_eps)
-        .init(device)
+    LayerNorm::new(config.hidden_size, config.layer_norm_eps, device)
 }

@@ -2,12 +2,13 @@
 //! classification, and [`BertWithHeads`], which carries whichever heads a checkpoint holds.
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, Linear};
+use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::config::{BertConfig, HiddenAct};
 use crate::model::bert::{activation, dense, layer_norm, BertModel};
+use crate::model::ops::LayerNorm;
 use crate::model::precision::{full, linear, matmul, Precision};
 use crate::model::BertInput;
 
@@ -351,7 +352,7 @@ mod tests {
         assert!(values(layer.output_layer_norm.gamma.val())
             .iter()
             .all(|&g| g == 1.0));
-        let beta = layer.output_layer_norm.beta.as_ref().unwrap().val();
+        let beta = layer.output_layer_norm.beta.val();
         assert!(values(beta).iter().all(|&b| b == 0.0));
     }
 

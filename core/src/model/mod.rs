@@ -1,8 +1,12 @@
-//! The BERT model: the encoder ([`bert`]), its task heads ([`heads`]) and its inputs ([`input`]).
+//! The BERT model: the encoder ([`bert`]), its task heads ([`heads`]), its inputs ([`input`]), the
+//! operations with fused kernels it is built from ([`ops`]) and the arithmetic of its products
+//! ([`precision`]).
 
 pub mod bert;
+mod cpu;
 pub mod heads;
 pub mod input;
+pub mod ops;
 pub mod precision;
 
 pub use bert::{AttentionKernel, BertModel, BertOutput, KeyMask};
@@ -11,4 +15,5 @@ pub use heads::{
     HeadOutputs, Heads, MaskedLmHead,
 };
 pub use input::{BertInput, TokenBatch};
+pub use ops::LayerNorm;
 pub use precision::Precision;

@@ -95,20 +95,27 @@ pub fn full<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 }
 
 /// `x · Wᵀ + b` through `layer`, in half precision when `precision` asks for it; the result then
-/// stays in half precision (as under autocast) until [`full`] brings it back.
+/// stays in half precision (as under autocast) until [`full`] brings it back. The leading
+/// dimensions are flattened first, so that a `[B, S, H]` input is one `[B·S, H]` product rather
+/// than B of them (on the CPU, each of those would run on one thread and pack the weight again).
 pub fn linear<B: Backend, const D: usize>(
     layer: &Linear<B>,
     x: Tensor<B, D>,
     precision: Precision,
 ) -> Tensor<B, D> {
-    match precision.half_dtype() {
+    let mut dims = x.dims();
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let x: Tensor<B, 2> = x.reshape([rows, dims[D - 1]]);
+    let y = match precision.half_dtype() {
         None => layer.forward(x),
         Some(half) => burn::tensor::module::linear(
             cast_to(x, half),
             cast_to(layer.weight.val(), half),
             layer.bias.as_ref().map(|bias| cast_to(bias.val(), half)),
         ),
-    }
+    };
+    dims[D - 1] = y.dims()[1];
+    y.reshape(dims)
 }
 
 /// `a · b`, in half precision when `precision` asks for it (the result stays in half precision).

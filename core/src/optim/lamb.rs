@@ -271,7 +271,7 @@ impl<B: Backend> Lamb<B> {
         let mut clip_divisor = if config.max_grad_norm > 0.0 {
             (global_grad_norm.clone() / config.max_grad_norm).clamp_min(1.0)
         } else {
-            Tensor::ones([1], &device)
+            Tensor::ones([1], (&device, global_grad_norm.dtype()))
         };
         if gradient_scale != 1.0 {
             clip_divisor = clip_divisor * gradient_scale;

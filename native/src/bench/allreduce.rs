@@ -36,7 +36,7 @@ pub struct AllReduceBenchArgs {
     #[arg(long, default_value_t = 2)]
     warmup: usize,
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
     /// What sums: NCCL (auto on cuda) or TCP through the host.
     #[arg(long, value_enum, default_value_t = CollectiveKind::Auto)]

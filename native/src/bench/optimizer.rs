@@ -35,7 +35,7 @@ pub struct OptimizerBenchArgs {
     #[arg(long, default_value_t = 2)]
     warmup: usize,
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
 }
 

@@ -43,7 +43,7 @@ pub struct PretrainBenchArgs {
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
     #[command(flatten)]
     precision: PrecisionArgs,

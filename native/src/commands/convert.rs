@@ -39,7 +39,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     let converted = backend::run(
-        BackendKind::Ndarray,
+        BackendKind::Flex,
         ConvertJob {
             files: files.clone(),
             half: args.half,

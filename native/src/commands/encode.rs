@@ -43,9 +43,9 @@ pub struct EncodeArgs {
     #[arg(long)]
     output: PathBuf,
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
-    /// Arithmetic of the matrix products: fp32, tf32, fp16 or bf16 (half needs cuda or wgpu).
+    /// Arithmetic of the matrix products: fp32, tf32, fp16 or bf16 (half needs flex, cuda or wgpu).
     #[arg(long, default_value = "fp32")]
     precision: Precision,
     #[command(flatten)]

@@ -20,7 +20,7 @@ pub struct InfoArgs {
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Backend to load the model on.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
 }
 

@@ -71,7 +71,7 @@ pub struct GlueArgs {
     #[arg(long)]
     json_summary: Option<PathBuf>,
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
 }
 

@@ -44,7 +44,7 @@ pub struct QaArgs {
     #[arg(long, default_value_t = 30)]
     max_answer_length: usize,
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
 }
 

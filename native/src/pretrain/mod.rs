@@ -139,7 +139,7 @@ pub struct PretrainArgs {
     #[arg(long)]
     disable_progress_bar: bool,
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
 }
 

@@ -45,7 +45,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64)]
     max_queue_size: usize,
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
 }
 

@@ -1,0 +1,416 @@
+//! Fused CPU kernels for burn's Flex backend: LayerNorm with its residual sum, GELU, and
+//! multi-head attention as one operation, each threaded and vectorised, in inference (`Flex`) and
+//! in training (`Autodiff<Flex>`, with hand-written backward passes registered in burn's graph).
+//!
+//! burn 0.21's Flex computes these as many separate passes (attention) or on one thread with a
+//! scalar `erf` (GELU), and its LayerNorm takes the variance as `E[x²] - mean²`; under autodiff it
+//! breaks softmax and LayerNorm into a dozen basic operations. [`super::ops`] calls these kernels
+//! when the tensors are Flex's (found by the type of burn's float primitive) and the plain
+//! composition of burn operations otherwise; tests hold the two to the same results.
+
+mod flex;
+mod kernels;
+pub(crate) mod math;
+
+use std::any::{Any, TypeId};
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::flex::{Flex, FlexTensor};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+
+use kernels::AttentionShape;
+
+/// The float primitive of Flex's autodiff backend.
+type TrackedTensor = FloatTensor<Autodiff<Flex>>;
+
+/// Float tensors of one Flex backend, as the kernels take them.
+enum Primitives {
+    /// `Flex`: no gradient is recorded.
+    Plain(Vec<FlexTensor>),
+    /// `Autodiff<Flex>` (any checkpointing strategy): the operation joins burn's graph.
+    Tracked(Vec<TrackedTensor>),
+}
+
+/// The float32 primitive of `tensor`; `None` for other dtypes.
+fn float32<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<B::FloatTensorPrimitive> {
+    (tensor.dtype() == DType::F32).then(|| tensor.clone().into_primitive().tensor())
+}
+
+/// `primitives` when they are all Flex's or all Flex's autodiff backend's; `None` otherwise.
+fn on_flex<B: Backend>(primitives: Vec<B::FloatTensorPrimitive>) -> Option<Primitives> {
+    let plain: Option<Vec<FlexTensor>> = primitives.iter().map(downcast_ref).collect();
+    if let Some(plain) = plain {
+        return Some(Primitives::Plain(plain));
+    }
+    let tracked: Option<Vec<TrackedTensor>> = primitives.iter().map(downcast_ref).collect();
+    tracked.map(Primitives::Tracked)
+}
+
+/// A clone of `value` as a `U` when it is one.
+fn downcast_ref<T: 'static, U: Clone + 'static>(value: &T) -> Option<U> {
+    (value as &dyn Any).downcast_ref::<U>().cloned()
+}
+
+/// The result of a kernel back in backend `B`, the one its inputs came from.
+fn into_tensor<B: Backend, const D: usize, T: 'static>(primitive: T) -> Tensor<B, D> {
+    let mut slot = Some(primitive);
+    let primitive = (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<B::FloatTensorPrimitive>>()
+        .and_then(Option::take)
+        .expect("a kernel's result has its inputs' backend");
+    Tensor::from_primitive(TensorPrimitive::Float(primitive))
+}
+
+/// Whether the kernels take `tensor`: float32 on Flex, with or without autodiff.
+pub(crate) fn runs_on<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool {
+    let primitive = TypeId::of::<B::FloatTensorPrimitive>();
+    tensor.dtype() == DType::F32
+        && (primitive == TypeId::of::<FlexTensor>() || primitive == TypeId::of::<TrackedTensor>())
+}
+
+/// `LayerNorm(input + residual)`, or of `input` alone, over the last dimension, on Flex; `None`
+/// on other backends.
+pub(crate) fn layer_norm<B: Backend, const D: usize>(
+    input: &Tensor<B, D>,
+    residual: Option<&Tensor<B, D>>,
+    gamma: &Tensor<B, 1>,
+    beta: &Tensor<B, 1>,
+    epsilon: f64,
+) -> Option<Tensor<B, D>> {
+    let width = input.dims()[D - 1];
+    let same_shape = residual.is_none_or(|residual| residual.dims() == input.dims());
+    if !same_shape || gamma.dims() != [width] || beta.dims() != [width] {
+        return None;
+    }
+    let mut primitives = vec![float32(input)?];
+    if let Some(residual) = residual {
+        primitives.push(float32(residual)?);
+    }
+    primitives.extend([float32(gamma)?, float32(beta)?]);
+    Some(match on_flex::<B>(primitives)? {
+        Primitives::Plain(tensors) => into_tensor(flex::layer_norm(&tensors, epsilon)),
+        Primitives::Tracked(tensors) => into_tensor(flex::layer_norm_tracked(tensors, epsilon)),
+    })
+}
+
+/// GELU (exact error function) of every element, on Flex; `None` on other backends.
+pub(crate) fn gelu<B: Backend, const D: usize>(input: &Tensor<B, D>) -> Option<Tensor<B, D>> {
+    Some(match on_flex::<B>(vec![float32(input)?])? {
+        Primitives::Plain(tensors) => into_tensor(flex::gelu(&tensors[0])),
+        Primitives::Tracked(mut tensors) => into_tensor(flex::gelu_tracked(tensors.remove(0))),
+    })
+}
+
+/// Multi-head attention on Flex: `softmax(Q·Kᵀ / sqrt(head_size) + bias) · V` per head, with the
+/// probabilities dropped out where `dropout` gives the keep mask `[B, heads, S, S]` (0 or 1) and
+/// the probability; queries, keys, values and the result `[B, S, H]`, the additive key bias
+/// `[B, S]`. `None` on other backends.
+pub(crate) fn attention<B: Backend>(
+    [query, key, value]: [&Tensor<B, 3>; 3],
+    key_bias: &Tensor<B, 2>,
+    heads: usize,
+    dropout: Option<(&Tensor<B, 4>, f64)>,
+) -> Option<Tensor<B, 3>> {
+    let [batch, seq, hidden] = query.dims();
+    let shapes_fit = key.dims() == query.dims()
+        && value.dims() == query.dims()
+        && key_bias.dims() == [batch, seq]
+        && dropout.is_none_or(|(keep, _)| keep.dims() == [batch, heads, seq, seq]);
+    if batch * seq * hidden == 0 || hidden % heads != 0 || !shapes_fit {
+        return None;
+    }
+    let shape = AttentionShape {
+        batch,
+        seq,
+        heads,
+        head_size: hidden / heads,
+    };
+    let mut primitives = vec![
+        float32(query)?,
+        float32(key)?,
+        float32(value)?,
+        float32(key_bias)?,
+    ];
+    if let Some((keep, _)) = dropout {
+        primitives.push(float32(keep)?);
+    }
+    let dropout_scale = dropout.map(|(_, probability)| (1.0 / (1.0 - probability)) as f32);
+    Some(match on_flex::<B>(primitives)? {
+        Primitives::Plain(tensors) => into_tensor(flex::attention(&tensors, shape, dropout_scale)),
+        Primitives::Tracked(tensors) => {
+            into_tensor(flex::attention_tracked(tensors, shape, dropout_scale))
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each kernel against the plain composition of burn operations it replaces, forward and
+    //! backward, on random shapes and values, masks and dropout included: the kernels on Flex
+    //! (under autodiff) in float32, the plain form on ndarray in float64 (the exact figure, which
+    //! the kernels must approach as closely as float32 allows). The float64 tensors are made so
+    //! explicitly: ndarray's default float type is process-wide, set by whichever test runs first.
+
+    use burn::backend::autodiff::Autodiff;
+    use burn::backend::flex::Flex;
+    use burn::backend::NdArray;
+    use burn::tensor::activation::softmax;
+    use burn::tensor::backend::{AutodiffBackend, Backend};
+    use burn::tensor::{DType, Tensor, TensorData};
+
+    type Fused = Autodiff<Flex>;
+    type Plain = Autodiff<NdArray>;
+
+    /// What a case gives: the output's values, then each input's gradient.
+    type Outcome = (Vec<f32>, Vec<Vec<f32>>);
+
+    /// Deterministic values in [-scale, scale).
+    fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut state = seed.wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// The precision each side computes in: the kernels' float32, the reference's float64.
+    fn precision<B: Backend>() -> DType {
+        if std::any::TypeId::of::<B>() == std::any::TypeId::of::<Plain>() {
+            DType::F64
+        } else {
+            DType::F32
+        }
+    }
+
+    fn tensor<B: Backend, const D: usize>(values: &[f32], shape: [usize; D]) -> Tensor<B, D> {
+        let data = TensorData::new(values.to_vec(), shape).convert_dtype(precision::<B>());
+        let tensor = Tensor::from_data(data, (&Default::default(), precision::<B>()));
+        assert_eq!(tensor.dtype(), precision::<B>());
+        tensor
+    }
+
+    fn values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f32> {
+        tensor.into_data().convert::<f32>().to_vec().unwrap()
+    }
+
+    fn gradient<B: AutodiffBackend, const D: usize>(
+        input: &Tensor<B, D>,
+        grads: &B::Gradients,
+    ) -> Vec<f32> {
+        values(input.grad(grads).expect("a gradient"))
+    }
+
+    /// `Σ output · weights`'s gradients, with random weights, and the output's values.
+    fn backward<B: AutodiffBackend, const D: usize>(
+        output: Tensor<B, D>,
+        seed: u64,
+    ) -> (Vec<f32>, B::Gradients) {
+        let weights = random(output.shape().num_elements(), seed, 1.0);
+        let weights = tensor::<B, D>(&weights, output.dims());
+        let grads = (output.clone() * weights).sum().backward();
+        (values(output), grads)
+    }
+
+    #[track_caller]
+    fn assert_close(what: &str, fused: &[f32], plain: &[f32], tolerance: f32) {
+        assert_eq!(fused.len(), plain.len(), "{what}: lengths");
+        let scale = plain.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        for (i, (f, p)) in fused.iter().zip(plain).enumerate() {
+            assert!(
+                (f - p).abs() <= tolerance * scale,
+                "{what}[{i}]: fused {f}, plain {p} (tolerance {tolerance} x {scale})"
+            );
+        }
+    }
+
+    #[track_caller]
+    fn compare(what: &str, fused: Outcome, plain: Outcome) {
+        assert_close(&format!("{what}: output"), &fused.0, &plain.0, 2e-6);
+        assert_eq!(fused.1.len(), plain.1.len());
+        for (i, (f, p)) in fused.1.iter().zip(&plain.1).enumerate() {
+            assert_close(&format!("{what}: gradient {i}"), f, p, 1e-5);
+        }
+    }
+
+    fn layer_norm_case<B: AutodiffBackend>(
+        shape: [usize; 3],
+        with_residual: bool,
+        seed: u64,
+    ) -> Outcome {
+        let width = shape[2];
+        let len = shape.iter().product();
+        // A large mean on the first row: the variance must still be computed centred (as
+        // E[x²] - mean², it would lose digits here).
+        let mut input = random(len, seed, 2.0);
+        input.iter_mut().take(width).for_each(|x| *x += 30.0);
+        let input = tensor::<B, 3>(&input, shape).require_grad();
+        let residual = tensor::<B, 3>(&random(len, seed + 1, 1.0), shape).require_grad();
+        let gamma = tensor::<B, 1>(&random(width, seed + 2, 1.5), [width]).require_grad();
+        let beta = tensor::<B, 1>(&random(width, seed + 3, 0.5), [width]).require_grad();
+        let epsilon = 1e-12;
+        let residual_used = with_residual.then_some(&residual);
+        let output = super::layer_norm(&input, residual_used, &gamma, &beta, epsilon)
+            .unwrap_or_else(|| {
+                let sum = match residual_used {
+                    Some(residual) => input.clone() + residual.clone(),
+                    None => input.clone(),
+                };
+                let centred = sum.clone() - sum.mean_dim(2);
+                let variance = centred.clone().powi_scalar(2).mean_dim(2);
+                centred / (variance + epsilon).sqrt() * gamma.clone().unsqueeze()
+                    + beta.clone().unsqueeze()
+            });
+        let (output, grads) = backward(output, seed + 4);
+        let mut gradients = vec![gradient(&input, &grads)];
+        if with_residual {
+            gradients.push(gradient(&residual, &grads));
+        }
+        gradients.extend([gradient(&gamma, &grads), gradient(&beta, &grads)]);
+        (output, gradients)
+    }
+
+    #[test]
+    fn layer_norm_equals_the_plain_form() {
+        for (seed, shape) in [[1, 1, 1], [2, 3, 7], [3, 17, 32], [2, 9, 384]]
+            .into_iter()
+            .enumerate()
+        {
+            for with_residual in [false, true] {
+                let seed = seed as u64 * 10;
+                compare(
+                    &format!("LayerNorm {shape:?} residual {with_residual}"),
+                    layer_norm_case::<Fused>(shape, with_residual, seed),
+                    layer_norm_case::<Plain>(shape, with_residual, seed),
+                );
+            }
+        }
+    }
+
+    fn gelu_case<B: AutodiffBackend>(len: usize, seed: u64) -> Outcome {
+        // Across the error function's ranges, its tails and exact zeros.
+        let mut x = random(len, seed, 8.0);
+        x.iter_mut().step_by(7).for_each(|x| *x = 0.0);
+        let input = tensor::<B, 2>(&x, [1, len]).require_grad();
+        let output = super::gelu(&input).unwrap_or_else(|| {
+            input.clone()
+                * (input.clone() / std::f64::consts::SQRT_2)
+                    .erf()
+                    .add_scalar(1.0)
+                * 0.5
+        });
+        let (output, grads) = backward(output, seed + 1);
+        (output, vec![gradient(&input, &grads)])
+    }
+
+    #[test]
+    fn gelu_equals_the_plain_form() {
+        for (seed, len) in [1, 15, 16, 1000, 40_000].into_iter().enumerate() {
+            let seed = seed as u64;
+            compare(
+                &format!("GELU of {len}"),
+                gelu_case::<Fused>(len, seed),
+                gelu_case::<Plain>(len, seed),
+            );
+        }
+    }
+
+    /// A shape of attention: batch, sequence, heads, head size.
+    type AttentionCase = [usize; 4];
+
+    fn attention_case<B: AutodiffBackend>(
+        [batch, seq, heads, head_size]: AttentionCase,
+        dropout: Option<f64>,
+        seed: u64,
+    ) -> Outcome {
+        let hidden = heads * head_size;
+        let len = batch * seq * hidden;
+        let input = |offset| tensor::<B, 3>(&random(len, seed + offset, 1.5), [batch, seq, hidden]);
+        let (query, key, value) = (
+            input(0).require_grad(),
+            input(1).require_grad(),
+            input(2).require_grad(),
+        );
+        // Padding: the last keys of every sequence but the first masked out, as BERT's mask does.
+        let bias: Vec<f32> = (0..batch * seq)
+            .map(|i| {
+                let (b, s) = (i / seq, i % seq);
+                if b > 0 && s >= seq - seq.min(b) && s > 0 {
+                    -10000.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let key_bias = tensor::<B, 2>(&bias, [batch, seq]);
+        let keep = dropout.map(|probability| {
+            let keep: Vec<f32> = random(batch * heads * seq * seq, seed + 3, 1.0)
+                .into_iter()
+                .map(|u| f32::from((u + 1.0) / 2.0 >= probability as f32))
+                .collect();
+            (tensor::<B, 4>(&keep, [batch, heads, seq, seq]), probability)
+        });
+        let fused = super::attention(
+            [&query, &key, &value],
+            &key_bias,
+            heads,
+            keep.as_ref()
+                .map(|(keep, probability)| (keep, *probability)),
+        );
+        let output = fused.unwrap_or_else(|| {
+            let split = |x: &Tensor<B, 3>| {
+                x.clone()
+                    .reshape([batch, seq, heads, head_size])
+                    .swap_dims(1, 2)
+            };
+            let scores = split(&query).matmul(split(&key).transpose()) / (head_size as f64).sqrt()
+                + key_bias.clone().reshape([batch, 1, 1, seq]);
+            let mut probabilities = softmax(scores, 3);
+            if let Some((keep, probability)) = &keep {
+                probabilities = probabilities * keep.clone() / (1.0 - probability);
+            }
+            probabilities
+                .matmul(split(&value))
+                .swap_dims(1, 2)
+                .reshape([batch, seq, hidden])
+        });
+        let (output, grads) = backward(output, seed + 4);
+        let gradients = [&query, &key, &value].map(|x| gradient(x, &grads)).to_vec();
+        (output, gradients)
+    }
+
+    #[test]
+    fn attention_equals_the_plain_form() {
+        let shapes: [AttentionCase; 5] = [
+            [1, 1, 1, 1],
+            [1, 5, 2, 3],
+            [3, 17, 4, 8],
+            [2, 33, 3, 16],
+            [2, 64, 12, 32],
+        ];
+        for (seed, shape) in shapes.into_iter().enumerate() {
+            for dropout in [None, Some(0.1), Some(0.5)] {
+                let seed = seed as u64 * 10;
+                compare(
+                    &format!("attention {shape:?} dropout {dropout:?}"),
+                    attention_case::<Fused>(shape, dropout, seed),
+                    attention_case::<Plain>(shape, dropout, seed),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_kernels_run_on_flex_and_only_there() {
+        let x = tensor::<Flex, 2>(&[1.0, 2.0], [1, 2]);
+        assert!(super::gelu(&x).is_some());
+        assert!(super::gelu(&x.clone().cast(burn::tensor::DType::F16)).is_none());
+        let y = tensor::<NdArray, 2>(&[1.0, 2.0], [1, 2]);
+        assert!(super::gelu(&y).is_none());
+    }
+}
