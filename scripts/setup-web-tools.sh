@@ -2,7 +2,7 @@
 # Installs the browser app's build and test tools, idempotently and only from the registries this
 # project may use: the wasm32 target, trunk 0.21.14 (0.22 needs a newer rustc), wasm-bindgen-cli
 # at the exact version of the wasm-bindgen crate in Cargo.lock, and web/package.json's npm
-# packages (binaryen's wasm-opt, playwright-core). Chromium comes from Debian (.ci/run installs it).
+# packages (binaryen's wasm-opt, playwright-core). Chromium comes from Debian (scripts/install-deps.sh test installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRUNK_VERSION=0.21.14
@@ -10,6 +10,9 @@ BINDGEN_VERSION=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^ver
 TOOL_TARGET=${BERT_RS_TOOL_TARGET:-$HOME/.cache/bert-rs/tool-build}
 
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+# Built for build speed, not run speed: trunk's own release profile (fat LTO, one codegen unit)
+# takes minutes longer on 2 cores, and both tools spend their time waiting on cargo and wasm-opt.
+export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=1
 if ! trunk --version 2>/dev/null | grep -qx "trunk $TRUNK_VERSION"; then
   cargo install "trunk@$TRUNK_VERSION" --locked --target-dir "$TOOL_TARGET"
 fi

@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 scripts/setup-web-tools.sh
 export PATH="$PWD/web/node_modules/.bin:$PATH"
 
-cargo build -p bert-native
+# The CLI as `cargo test --workspace` builds it (a no-op after the tests): `cargo build -p
+# bert-native` would resolve other features for the shared dependencies and compile them again.
+cargo test --workspace --no-run
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 BIN="$TARGET_DIR/debug/bert-native"
 scripts/make-web-model.sh "$BIN"

@@ -1,13 +1,16 @@
 //! The acceptance bar of the foundation: our forward pass on the real all-MiniLM-L6-v2 checkpoint
 //! (with the seeded heads) equals the reference's float32 outputs within the manifest's tolerances,
-//! on the CPU backend, with attention computed both ways inference can. `golden_forward_wgpu.rs`
-//! repeats two cases on wgpu.
+//! on both CPU backends (Flex, the default, with bert-core's fused CPU kernels; ndarray, the plain
+//! composition of burn operations), with attention computed both ways inference can.
+//! `golden_forward_wgpu.rs` repeats two cases on wgpu.
 
 use bert_core::model::AttentionKernel;
+use burn::backend::flex::{Flex, FlexDevice};
 use burn::backend::NdArray;
 
 fn check(case: &str) {
     for attention in [AttentionKernel::Explicit, AttentionKernel::Fused] {
+        bert_tests::golden::check_case::<Flex>(case, attention, &FlexDevice);
         bert_tests::golden::check_case::<NdArray>(case, attention, &Default::default());
     }
 }

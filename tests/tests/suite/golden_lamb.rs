@@ -9,10 +9,12 @@ use std::collections::HashMap;
 use bert_core::optim::{Lamb, LambConfig, LrSchedule, NamedParam, TrustRatio};
 use bert_tests::{fixture, read_safetensors, HostTensor};
 use burn::backend::NdArray;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use serde_json::Value;
 
-type B = NdArray<f64>;
+/// Float64 tensors on ndarray, asked for explicitly: the default float type of ndarray's device
+/// is process-wide, and other tests of this binary use float32.
+type B = NdArray;
 
 fn manifest() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("lamb/lamb_manifest.json")).unwrap())
@@ -22,7 +24,7 @@ fn manifest() -> Value {
 fn tensor(host: &HostTensor) -> Tensor<B, 1> {
     Tensor::from_data(
         TensorData::new(host.f64.clone(), [host.f64.len()]),
-        &Default::default(),
+        (&Default::default(), DType::F64),
     )
 }
 
