@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The project's test command (README "Run the tests"; CI runs exactly this after installing what it
-# needs with .ci/run). Fetches the reference checkpoint and NVIDIA's Triton client (for the serving
-# interoperability test), then: formatting, lints with every backend
+# The project's test command (README "Run the tests"; CI's .ci/run calls exactly this). Installs
+# what the tests need, idempotently (system packages through scripts/install-deps.sh, the Rust
+# wasm32 target, clippy and rustfmt, the web tools), fetches the reference checkpoint and NVIDIA's
+# Triton client (for the serving interoperability test), then: formatting, lints with every backend
 # compiled in (CUDA included: the CUDA path must keep compiling on machines without a GPU), all
-# tests on the CPU (ndarray) and wgpu (lavapipe) backends, the wasm32 builds of bert-core and
+# tests on the CPU (Flex and ndarray) and wgpu (lavapipe) backends, the wasm32 builds of bert-core and
 # bert-web, and the browser app end to end in headless Chromium (scripts/test-web.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/install-deps.sh test
+rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 scripts/fetch-test-model.sh
 scripts/setup-triton-client.sh
 

@@ -26,11 +26,29 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// BERT pretraining, fine-tuning and inference: NVIDIA's recipe, in Rust.
 #[derive(Debug, Parser)]
-#[command(name = "bert-native", version, about)]
+#[command(name = "bert-native", version, about, after_help = AFTER_THE_QUICKSTART)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// Where to go from the quickstart's folder: which command takes which of its folders.
+const AFTER_THE_QUICKSTART: &str = "\
+After `bert-native quickstart` (scripts/quickstart.sh), its folder feeds every command:
+  quickstart/qa-model   a question-answering model:
+      bert-native qa --model quickstart/qa-model --question \"...\" --context \"...\"
+      bert-native squad --model quickstart/qa-model --predict-file quickstart/squad/dev.json \\
+          --do-predict --do-eval --output-dir predictions
+  quickstart/model      the pretrained BERT (MLM + NSP heads): fine-tune it, inspect it, encode with it:
+      bert-native squad --model quickstart/model --train-file quickstart/squad/train.json \\
+          --do-train --output-dir my-qa-model
+      bert-native info --model quickstart/model
+      bert-native encode --model quickstart/model --text \"...\" --output out.safetensors
+  quickstart/data/*/encyclopedia   NVIDIA-layout HDF5 shards: pretrain further or afresh:
+      bert-native pretrain --config-file quickstart/config.json \\
+          --input-dir quickstart/data/*/encyclopedia --output-dir my-model --max-steps 400
+  quickstart/model/dllogger.json   the pretraining log: bert-native plot quickstart/model/dllogger.json
+Any of the model folders can be served: see `bert-native serve --help`. Each command's --help lists its flags.";
 
 #[derive(Debug, Subcommand)]
 enum Command {

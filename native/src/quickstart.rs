@@ -40,8 +40,9 @@ pub struct QuickstartArgs {
     /// Pretraining steps (32 sequences each).
     #[arg(long, default_value_t = 200)]
     steps: u64,
-    /// Question-answering fine-tuning epochs.
-    #[arg(long, default_value_t = 2.0)]
+    /// Question-answering fine-tuning epochs. Four keep the result off a cliff: with the
+    /// default seed, held-out F1 was 39 after two epochs, 61 after three and 78 after four.
+    #[arg(long, default_value_t = 4.0)]
     qa_epochs: f64,
     /// Training questions (from six articles in seven; the seventh are held out).
     #[arg(long, default_value_t = 1200)]
@@ -50,7 +51,7 @@ pub struct QuickstartArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Ndarray)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
 }
 

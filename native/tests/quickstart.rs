@@ -16,6 +16,9 @@ fn pretraining_improves_masked_lm_on_held_out_articles() {
             "200",
             "--steps",
             "40",
+            // This test checks pretraining; one epoch of question answering shows the stage runs.
+            "--qa-epochs",
+            "1",
         ])
         .output()
         .unwrap();
