@@ -87,30 +87,24 @@ pub(crate) fn layer_norm(
     });
     let block = ROWS_PER_TASK * width;
     let tasks = output.par_chunks_mut(block).enumerate();
+    let run = |task: usize, output: &mut [f32], saved: Option<(&mut [f32], &mut [f32])>| {
+        let range = task * block..task * block + output.len();
+        layer_norm_rows(
+            &input[range.clone()],
+            residual.map(|r| &r[range]),
+            weights,
+            output,
+            saved,
+        );
+    };
     match saved.as_mut() {
         Some(saved) => tasks
             .zip(saved.normalized.par_chunks_mut(block))
             .zip(saved.inverse_std.par_chunks_mut(ROWS_PER_TASK))
             .for_each(|(((task, output), normalized), inverse_std)| {
-                let range = task * block..task * block + output.len();
-                layer_norm_rows(
-                    &input[range.clone()],
-                    residual.map(|r| &r[range]),
-                    weights,
-                    output,
-                    Some((normalized, inverse_std)),
-                );
+                run(task, output, Some((normalized, inverse_std)))
             }),
-        None => tasks.for_each(|(task, output)| {
-            let range = task * block..task * block + output.len();
-            layer_norm_rows(
-                &input[range.clone()],
-                residual.map(|r| &r[range]),
-                weights,
-                output,
-                None,
-            );
-        }),
+        None => tasks.for_each(|(task, output)| run(task, output, None)),
     }
     (output, saved)
 }
