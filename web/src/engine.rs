@@ -1,10 +1,11 @@
 //! Where the model runs: WebGPU through burn's wgpu backend when the browser offers an adapter,
-//! else burn's CPU backend compiled to wasm. Works in the page and in a worker.
+//! else burn's Flex CPU backend compiled to wasm with SIMD, running bert-core's fused kernels
+//! (on one thread: the page is not cross-origin isolated). Works in the page and in a worker.
 
 use bert_core::pretrained::{ModelBytes, QuestionAnsweringModel};
 use bert_core::squad::{Answer, AnswerConfig, FeatureConfig, QuestionAnswerer};
 use burn::backend::wgpu::{graphics::WebGpu, init_setup_async, WgpuDevice};
-use burn::backend::{NdArray, Wgpu};
+use burn::backend::{Flex, Wgpu};
 use burn::tensor::backend::Backend;
 use js_sys::{Promise, Reflect};
 use wasm_bindgen::{JsCast, JsValue};
@@ -105,7 +106,7 @@ pub enum QaEngine {
     /// On WebGPU.
     WebGpu(Box<QuestionAnsweringModel<Wgpu>>, WgpuDevice),
     /// On the CPU.
-    Cpu(Box<QuestionAnsweringModel<NdArray>>),
+    Cpu(Box<QuestionAnsweringModel<Flex>>),
 }
 
 impl QaEngine {

@@ -12,7 +12,7 @@ use bert_core::squad::{
 };
 use bert_core::tokenizer::BertTokenizer;
 use bert_core::BertConfig;
-use burn::backend::{Autodiff, NdArray, Wgpu};
+use burn::backend::{Autodiff, Flex, Wgpu};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use js_sys::{Object, Reflect, Uint8Array};
@@ -142,7 +142,7 @@ async fn handle(data: JsValue) -> Result<(), String> {
     );
     match device {
         Device::WebGpu { device, .. } => train::<Wgpu>(device, &request, &files).await,
-        Device::Cpu { .. } => train::<NdArray>(Default::default(), &request, &files).await,
+        Device::Cpu { .. } => train::<Flex>(Default::default(), &request, &files).await,
     }
 }
 

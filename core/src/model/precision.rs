@@ -11,10 +11,13 @@
 use std::fmt;
 use std::str::FromStr;
 
+use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Element, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
+
+use crate::model::cpu;
 
 /// The arithmetic of the matrix products (`--precision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -98,6 +101,7 @@ pub fn full<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 /// stays in half precision (as under autocast) until [`full`] brings it back. The leading
 /// dimensions are flattened first, so that a `[B, S, H]` input is one `[B·S, H]` product rather
 /// than B of them (on the CPU, each of those would run on one thread and pack the weight again).
+/// On Flex in float32 it is bert-core's kernel (`model/cpu`): product and bias in one pass.
 pub fn linear<B: Backend, const D: usize>(
     layer: &Linear<B>,
     x: Tensor<B, D>,
@@ -107,7 +111,10 @@ pub fn linear<B: Backend, const D: usize>(
     let rows = dims[..D - 1].iter().product::<usize>();
     let x: Tensor<B, 2> = x.reshape([rows, dims[D - 1]]);
     let y = match precision.half_dtype() {
-        None => layer.forward(x),
+        None => {
+            let bias = layer.bias.as_ref().map(Param::val);
+            cpu::linear(&x, &layer.weight.val(), bias.as_ref()).unwrap_or_else(|| layer.forward(x))
+        }
         Some(half) => burn::tensor::module::linear(
             cast_to(x, half),
             cast_to(layer.weight.val(), half),

@@ -13,7 +13,9 @@ use super::{synthetic_row, time_iterations, timing_summary, Timings};
 use crate::backend::{self, BackendKind, Job};
 use crate::precision::{check_backend, AttentionArgs};
 
-/// Arguments of `bench forward`.
+/// Arguments of `bench forward`: the question-answering model when the weights have a span head
+/// (as `qa` and `squad` run it), else the encoder with its pooler; the checkpoint's other heads
+/// are left out.
 #[derive(Debug, Args)]
 pub struct ForwardArgs {
     /// Model folder.
@@ -110,6 +112,17 @@ impl Job for BenchJob {
 
     fn run<B: Backend>(self, device: B::Device) -> Result<Timings> {
         let mut loaded = load_model::<B>(&self.files, &self.extra_weights, &device)?;
+        // The model a task runs, as the PyTorch reference (bench/forward_torch.py) builds it:
+        // with a span head, Hugging Face's BertForQuestionAnswering (encoder and span head, as
+        // `qa`, `squad` and `serve` run it); otherwise BertModel (encoder and pooler). Other
+        // heads a checkpoint holds are dropped: MiniLM's masked-LM decoder alone (384 x 30522
+        // per token) doubles the work of a pass.
+        loaded.model.mlm = None;
+        loaded.model.nsp = None;
+        loaded.model.classifier = None;
+        if loaded.model.qa_outputs.is_some() {
+            loaded.model.bert.pooler = None;
+        }
         loaded.model.bert.precision = self.precision;
         loaded.model.bert.attention_kernel = self.attention;
         let input = self.batch.to_input::<B>(&loaded.config, &device)?;

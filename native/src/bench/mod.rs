@@ -15,7 +15,8 @@ use clap::Subcommand;
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Forward pass of a model folder (inference).
+    /// Forward pass of a model folder (inference): the question-answering model when the weights
+    /// have a span head, else the encoder and pooler, as bench/forward_torch.py times them.
     Forward(forward::ForwardArgs),
     /// Pretraining steps (forward, backward, NVLAMB) of a configuration from scratch.
     Pretrain(pretrain::PretrainBenchArgs),

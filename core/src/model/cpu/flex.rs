@@ -11,7 +11,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{Flex, FlexTensor, Layout};
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
 
-use super::kernels::{self, AttentionInputs, AttentionShape, LayerNormSaved, LayerNormWeights};
+use super::kernels::{
+    self, AttentionInputs, AttentionShape, LayerNormSaved, LayerNormWeights, LinearShape,
+};
 use super::TrackedTensor;
 
 /// A Flex tensor laid out row-major from the start of its own buffer (a cheap clone of one that
@@ -289,4 +291,108 @@ pub(super) fn attention_tracked(
         });
         (tensor(context, output_shape), state)
     })
+}
+
+/// `[x, weight, bias?]` as the linear kernels take them: `x`'s leading dimensions as rows.
+fn linear_shape(values: &[Values]) -> LinearShape {
+    let [inputs, outputs] = values[1].shape().dims::<2>();
+    let shape = LinearShape {
+        rows: values[0].get().len() / inputs.max(1),
+        inputs,
+        outputs,
+    };
+    assert!(
+        values[0].get().len() == shape.rows * inputs
+            && values.get(2).is_none_or(|bias| bias.get().len() == outputs),
+        "linear inputs of the wrong sizes for {shape:?}"
+    );
+    shape
+}
+
+/// The shape of `x · weight`: `x`'s with its last dimension the weight's outputs.
+fn linear_output_shape(x: &Values, outputs: usize) -> Shape {
+    let mut shape = x.shape();
+    *shape.as_mut_slice().last_mut().expect("x has dimensions") = outputs;
+    shape
+}
+
+/// `x · weight + bias` of `[x, weight, bias?]`.
+pub(super) fn linear(tensors: &[FlexTensor]) -> FlexTensor {
+    let values: Vec<Values> = tensors.iter().map(Values::of).collect();
+    let shape = linear_shape(&values);
+    let output = kernels::linear(
+        values[0].get(),
+        values[1].get(),
+        values.get(2).map(Values::get),
+        shape,
+    );
+    tensor(output, linear_output_shape(&values[0], shape.outputs))
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+#[derive(Debug, Clone)]
+struct LinearState {
+    x: Values,
+    weight: Values,
+    shape: LinearShape,
+}
+
+impl<const N: usize> Backward<Flex, N> for LinearBackward {
+    type State = LinearState;
+
+    fn backward(
+        self,
+        ops: Ops<LinearState, N>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad = Values::of(&grads.consume::<Flex>(&ops.node));
+        let state = ops.state;
+        let (grad_x, grad_weight, grad_bias) =
+            kernels::linear_backward(state.x.get(), state.weight.get(), grad.get(), state.shape);
+        let shapes = [
+            state.x.shape(),
+            state.weight.shape(),
+            Shape::new([state.shape.outputs]),
+        ];
+        for ((parent, grad), shape) in ops
+            .parents
+            .into_iter()
+            .zip([grad_x, grad_weight, grad_bias])
+            .zip(shapes)
+        {
+            if let Some(parent) = parent {
+                grads.register::<Flex>(parent.id, tensor(grad, shape));
+            }
+        }
+    }
+}
+
+/// `x · weight + bias` of `[x, weight, bias?]` in burn's graph.
+pub(super) fn linear_tracked(tensors: Vec<TrackedTensor>) -> TrackedTensor {
+    let values: Vec<Values> = tensors.iter().map(|t| Values::of(&t.primitive)).collect();
+    let shape = linear_shape(&values);
+    let forward = |for_backward: bool| {
+        let output = kernels::linear(
+            values[0].get(),
+            values[1].get(),
+            values.get(2).map(Values::get),
+            shape,
+        );
+        let state = for_backward.then(|| LinearState {
+            x: values[0].clone(),
+            weight: values[1].clone(),
+            shape,
+        });
+        (
+            tensor(output, linear_output_shape(&values[0], shape.outputs)),
+            state,
+        )
+    };
+    match tensors.len() {
+        2 => record::<_, 2>(LinearBackward, &tensors, forward),
+        _ => record::<_, 3>(LinearBackward, &tensors, forward),
+    }
 }

@@ -503,6 +503,122 @@ vectorized! {
     }
 }
 
+/// The sizes of a fully connected layer's product: `[rows, inputs] · [inputs, outputs]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LinearShape {
+    /// Positions (batch × sequence).
+    pub rows: usize,
+    /// Features in.
+    pub inputs: usize,
+    /// Features out.
+    pub outputs: usize,
+}
+
+/// Every thread of rayon's pool, for the products of a fully connected layer.
+const ALL_THREADS: gemm::Parallelism = gemm::Parallelism::Rayon(0);
+
+/// `x · weight + bias`: `x` `[rows, inputs]`, `weight` `[inputs, outputs]` (burn's `Linear`
+/// layout), `bias` `[outputs]`; the bias is written first and the product added to it, so the
+/// result takes one pass over memory, in one product over all threads.
+pub(crate) fn linear(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: LinearShape,
+) -> Vec<f32> {
+    let LinearShape {
+        rows,
+        inputs,
+        outputs,
+    } = shape;
+    assert!(x.len() == rows * inputs && weight.len() == inputs * outputs);
+    let (mut output, accumulate) = match bias {
+        Some(bias) => {
+            assert_eq!(bias.len(), outputs);
+            let mut output = Vec::with_capacity(rows * outputs);
+            for _ in 0..rows {
+                output.extend_from_slice(bias);
+            }
+            (output, Accumulate::Yes)
+        }
+        None => (vec![0.0; rows * outputs], Accumulate::No),
+    };
+    product(
+        MatMut::of(&mut output, rows, outputs),
+        MatRef::row_major(x, rows, inputs),
+        MatRef::row_major(weight, inputs, outputs),
+        1.0,
+        accumulate,
+        ALL_THREADS,
+    );
+    output
+}
+
+/// Gradients of [`linear`] from the output's: with respect to `x` (`grad · weightᵀ`), the weight
+/// (`xᵀ · grad`) and the bias (the column sums of `grad`, added in a fixed order).
+pub(crate) fn linear_backward(
+    x: &[f32],
+    weight: &[f32],
+    grad_output: &[f32],
+    shape: LinearShape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let LinearShape {
+        rows,
+        inputs,
+        outputs,
+    } = shape;
+    assert!(
+        x.len() == rows * inputs
+            && weight.len() == inputs * outputs
+            && grad_output.len() == rows * outputs
+    );
+    let grad = MatRef::row_major(grad_output, rows, outputs);
+    let mut grad_x = vec![0.0; rows * inputs];
+    product(
+        MatMut::of(&mut grad_x, rows, inputs),
+        grad,
+        MatRef::row_major(weight, inputs, outputs).transposed(),
+        1.0,
+        Accumulate::No,
+        ALL_THREADS,
+    );
+    let mut grad_weight = vec![0.0; inputs * outputs];
+    product(
+        MatMut::of(&mut grad_weight, inputs, outputs),
+        MatRef::row_major(x, rows, inputs).transposed(),
+        grad,
+        1.0,
+        Accumulate::No,
+        ALL_THREADS,
+    );
+    let grad_bias = column_sums(grad_output, outputs);
+    (grad_x, grad_weight, grad_bias)
+}
+
+/// The sums of the columns of a row-major matrix `width` wide: rows summed in pieces of
+/// [`ROWS_PER_TASK`] in parallel, the pieces' sums then added in order.
+fn column_sums(matrix: &[f32], width: usize) -> Vec<f32> {
+    let partial_sums: Vec<Vec<f32>> = matrix
+        .par_chunks(ROWS_PER_TASK * width)
+        .map(|rows| {
+            let mut sums = vec![0.0; width];
+            for row in rows.chunks_exact(width) {
+                for (sum, &x) in sums.iter_mut().zip(row) {
+                    *sum += x;
+                }
+            }
+            sums
+        })
+        .collect();
+    let mut sums = vec![0.0; width];
+    for part in partial_sums {
+        for (sum, x) in sums.iter_mut().zip(part) {
+            *sum += x;
+        }
+    }
+    sums
+}
+
 /// A matrix in a slice: element `(i, j)` at `offset + i · row_stride + j · col_stride`.
 #[derive(Debug, Clone, Copy)]
 struct MatRef<'a> {
@@ -514,7 +630,19 @@ struct MatRef<'a> {
     col_stride: usize,
 }
 
-impl MatRef<'_> {
+impl<'a> MatRef<'a> {
+    /// The whole of `data` as a row-major `rows x cols` matrix.
+    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            offset: 0,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
     fn transposed(self) -> Self {
         Self {
             rows: self.cols,
@@ -584,7 +712,38 @@ impl MatMut {
 
 /// `dst = scale · lhs · rhs`, on one thread (the callers run many of these in parallel).
 fn gemm(dst: MatMut, lhs: MatRef, rhs: MatRef, scale: f32) {
+    product(
+        dst,
+        lhs,
+        rhs,
+        scale,
+        Accumulate::No,
+        gemm::Parallelism::None,
+    );
+}
+
+/// Whether a product adds to what its destination holds or replaces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Accumulate {
+    Yes,
+    No,
+}
+
+/// `dst = scale · lhs · rhs` (or `dst += ...`), on the given threads. The `gemm` crate splits the
+/// work by blocks of the result only and sums along the inner dimension in one fixed order, so
+/// the result does not depend on the number of threads.
+fn product(
+    dst: MatMut,
+    lhs: MatRef,
+    rhs: MatRef,
+    scale: f32,
+    accumulate: Accumulate,
+    parallelism: gemm::Parallelism,
+) {
     assert!(lhs.cols == rhs.rows && dst.rows == lhs.rows && dst.cols == rhs.cols);
+    if dst.rows == 0 || dst.cols == 0 {
+        return;
+    }
     assert!(lhs.fits(lhs.data.len()) && rhs.fits(rhs.data.len()));
     let dst_view = MatRef {
         data: &[],
@@ -606,19 +765,19 @@ fn gemm(dst: MatMut, lhs: MatRef, rhs: MatRef, scale: f32) {
             dst.data.ptr.add(dst.offset),
             dst.col_stride as isize,
             dst.row_stride as isize,
-            false,
+            accumulate == Accumulate::Yes,
             lhs.data.as_ptr().add(lhs.offset),
             lhs.col_stride as isize,
             lhs.row_stride as isize,
             rhs.data.as_ptr().add(rhs.offset),
             rhs.col_stride as isize,
             rhs.row_stride as isize,
-            0.0,
+            1.0,
             scale,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }

@@ -1,12 +1,15 @@
-//! Fused CPU kernels for burn's Flex backend: LayerNorm with its residual sum, GELU, and
-//! multi-head attention as one operation, each threaded and vectorised, in inference (`Flex`) and
-//! in training (`Autodiff<Flex>`, with hand-written backward passes registered in burn's graph).
+//! Fused CPU kernels for burn's Flex backend: fully connected layers (product and bias in one
+//! pass), LayerNorm with its residual sum, GELU, and multi-head attention as one operation, each
+//! threaded and vectorised, in inference (`Flex`) and in training (`Autodiff<Flex>`, with
+//! hand-written backward passes registered in burn's graph).
 //!
-//! burn 0.21's Flex computes these as many separate passes (attention) or on one thread with a
-//! scalar `erf` (GELU), and its LayerNorm takes the variance as `E[x²] - mean²`; under autodiff it
-//! breaks softmax and LayerNorm into a dozen basic operations. [`super::ops`] calls these kernels
-//! when the tensors are Flex's (found by the type of burn's float primitive) and the plain
-//! composition of burn operations otherwise; tests hold the two to the same results.
+//! burn 0.21's Flex computes these as many separate passes (attention, and a product then its
+//! bias, each product's result copied once more into a freshly aligned buffer) or on one thread
+//! with a scalar `erf` (GELU), and its LayerNorm takes the variance as `E[x²] - mean²`; under
+//! autodiff it breaks softmax and LayerNorm into a dozen basic operations. [`super::ops`] and
+//! [`super::precision::linear`] call these kernels when the tensors are Flex's (found by the type
+//! of burn's float primitive) and the plain composition of burn operations otherwise; tests hold
+//! the two to the same results.
 
 mod flex;
 mod kernels;
@@ -92,6 +95,28 @@ pub(crate) fn layer_norm<B: Backend, const D: usize>(
     Some(match on_flex::<B>(primitives)? {
         Primitives::Plain(tensors) => into_tensor(flex::layer_norm(&tensors, epsilon)),
         Primitives::Tracked(tensors) => into_tensor(flex::layer_norm_tracked(tensors, epsilon)),
+    })
+}
+
+/// `x · weight + bias` (burn's `Linear`: `weight` `[inputs, outputs]`) over `x`'s last
+/// dimension, on Flex; `None` on other backends.
+pub(crate) fn linear<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    weight: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Option<Tensor<B, D>> {
+    let [inputs, outputs] = weight.dims();
+    let bias_fits = bias.is_none_or(|bias| bias.dims() == [outputs]);
+    if x.dims()[D - 1] != inputs || !bias_fits {
+        return None;
+    }
+    let mut primitives = vec![float32(x)?, float32(weight)?];
+    if let Some(bias) = bias {
+        primitives.push(float32(bias)?);
+    }
+    Some(match on_flex::<B>(primitives)? {
+        Primitives::Plain(tensors) => into_tensor(flex::linear(&tensors)),
+        Primitives::Tracked(tensors) => into_tensor(flex::linear_tracked(tensors)),
     })
 }
 
@@ -287,6 +312,59 @@ mod tests {
                     &format!("LayerNorm {shape:?} residual {with_residual}"),
                     layer_norm_case::<Fused>(shape, with_residual, seed),
                     layer_norm_case::<Plain>(shape, with_residual, seed),
+                );
+            }
+        }
+    }
+
+    /// A fully connected layer's sizes: batch, sequence, inputs, outputs.
+    type LinearCase = [usize; 4];
+
+    fn linear_case<B: AutodiffBackend>(
+        [batch, seq, inputs, outputs]: LinearCase,
+        with_bias: bool,
+        seed: u64,
+    ) -> Outcome {
+        let x = tensor::<B, 3>(
+            &random(batch * seq * inputs, seed, 1.5),
+            [batch, seq, inputs],
+        )
+        .require_grad();
+        let weight = tensor::<B, 2>(&random(inputs * outputs, seed + 1, 0.5), [inputs, outputs])
+            .require_grad();
+        let bias = tensor::<B, 1>(&random(outputs, seed + 2, 1.0), [outputs]).require_grad();
+        let bias_used = with_bias.then_some(&bias);
+        let output = super::linear(&x, &weight, bias_used).unwrap_or_else(|| {
+            let product = x.clone().matmul(weight.clone().unsqueeze());
+            match bias_used {
+                Some(bias) => product + bias.clone().unsqueeze(),
+                None => product,
+            }
+        });
+        let (output, grads) = backward(output, seed + 3);
+        let mut gradients = vec![gradient(&x, &grads), gradient(&weight, &grads)];
+        if with_bias {
+            gradients.push(gradient(&bias, &grads));
+        }
+        (output, gradients)
+    }
+
+    #[test]
+    fn linear_equals_the_plain_form() {
+        let shapes: [LinearCase; 5] = [
+            [1, 1, 1, 1],
+            [1, 3, 5, 7],
+            [2, 17, 32, 48],
+            [3, 40, 64, 256],
+            [1, 130, 384, 96],
+        ];
+        for (seed, shape) in shapes.into_iter().enumerate() {
+            for with_bias in [true, false] {
+                let seed = seed as u64 * 10;
+                compare(
+                    &format!("linear {shape:?} bias {with_bias}"),
+                    linear_case::<Fused>(shape, with_bias, seed),
+                    linear_case::<Plain>(shape, with_bias, seed),
                 );
             }
         }
