@@ -36,6 +36,25 @@ fn sum_by(len: usize, f: impl Fn(usize) -> f32) -> f32 {
     total
 }
 
+/// `Σ x`, in the same order as [`sum_by`] (whose closures over a slice the compiler does not
+/// always vectorise).
+#[inline(always)]
+fn sum_of(x: &[f32]) -> f32 {
+    let mut partial = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (sum, &v) in partial.iter_mut().zip(chunk) {
+            *sum += v;
+        }
+    }
+    let mut total = partial.iter().sum::<f32>();
+    for &v in rest {
+        total += v;
+    }
+    total
+}
+
 /// The largest element of a non-empty `x`.
 #[inline(always)]
 fn max_of(x: &[f32]) -> f32 {
@@ -225,9 +244,9 @@ pub(crate) fn gelu(input: &[f32]) -> Vec<f32> {
 }
 
 vectorized! {
-    fn gelu_elements(x: &[f32], y: &mut [f32]) {
+    fn gelu_elements<M>(x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = math::gelu(x);
+            *y = math::gelu::<M>(x);
         }
     }
 }
@@ -244,9 +263,9 @@ pub(crate) fn gelu_backward(input: &[f32], grad_output: &[f32]) -> Vec<f32> {
 }
 
 vectorized! {
-    fn gelu_backward_elements(x: &[f32], g: &[f32], dx: &mut [f32]) {
+    fn gelu_backward_elements<M>(x: &[f32], g: &[f32], dx: &mut [f32]) {
         for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(g) {
-            *dx = g * math::gelu_derivative(x);
+            *dx = g * math::gelu_derivative::<M>(x);
         }
     }
 }
@@ -376,28 +395,34 @@ pub(crate) fn attention(
             .for_each_init(Vec::new, |dropped, (task, p)| head(task, p, dropped));
         (context, Some(probabilities))
     } else {
-        (0..tasks).into_par_iter().for_each_init(
-            || (vec![0.0; square], Vec::new()),
-            |(probabilities, dropped), task| head(task, probabilities, dropped),
-        );
+        // One run of heads per thread, so that each allocates its scratch once.
+        let heads_per_thread = tasks.div_ceil(rayon::current_num_threads());
+        (0..tasks)
+            .into_par_iter()
+            .with_min_len(heads_per_thread)
+            .for_each_init(
+                || (vec![0.0; square], Vec::new()),
+                |(probabilities, dropped), task| head(task, probabilities, dropped),
+            );
         (context, None)
     }
 }
 
 vectorized! {
     /// Each row of `scores` plus `bias`, through a softmax.
-    fn softmax_rows(scores: &mut [f32], bias: &[f32]) {
+    fn softmax_rows<M>(scores: &mut [f32], bias: &[f32]) {
         for row in scores.chunks_exact_mut(bias.len()) {
             for (s, &b) in row.iter_mut().zip(bias) {
                 *s += b;
             }
             let max = max_of(row);
             for s in row.iter_mut() {
-                *s = math::exp(*s - max);
+                *s = math::exp::<M>(*s - max);
             }
-            let total = sum_by(row.len(), |i| row[i]);
+            // One division per row, then products (as PyTorch's CPU softmax does).
+            let inverse_total = 1.0 / sum_of(row);
             for s in row.iter_mut() {
-                *s /= total;
+                *s *= inverse_total;
             }
         }
     }
