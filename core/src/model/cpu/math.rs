@@ -60,8 +60,10 @@ pub(crate) trait MulAdd {
 }
 
 /// One fused multiply-add: rounded once (for units with FMA).
+#[cfg(any(target_arch = "x86_64", test))]
 pub(crate) struct Fused;
 
+#[cfg(any(target_arch = "x86_64", test))]
 impl MulAdd for Fused {
     const FUSED: bool = true;
     #[inline(always)]
