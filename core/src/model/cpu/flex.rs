@@ -72,7 +72,7 @@ where
     }
 }
 
-/// `[input, residual?, gamma, beta]` to LayerNorm's weights and its inputs' values.
+/// LayerNorm's tensors, `[..., gamma, beta]`, to its weights (the last two) and the values before them.
 fn layer_norm_parts(values: &[Values], epsilon: f64) -> (&[Values], LayerNormWeights<'_>) {
     let (inputs, parameters) = values.split_at(values.len() - 2);
     let weights = LayerNormWeights {
@@ -83,17 +83,29 @@ fn layer_norm_parts(values: &[Values], epsilon: f64) -> (&[Values], LayerNormWei
     (inputs, weights)
 }
 
-/// LayerNorm of `[input, residual?, gamma, beta]`.
-pub(super) fn layer_norm(tensors: &[FlexTensor], epsilon: f64) -> FlexTensor {
+/// The values of `tensor` to write over in place: `None` when another tensor shares its buffer
+/// or it is not laid out row-major.
+fn values_mut(tensor: &mut FlexTensor) -> Option<&mut [f32]> {
+    let (start, end) = tensor.layout().contiguous_offsets()?;
+    tensor
+        .try_storage_mut::<f32>()
+        .map(|storage| &mut storage[start..end])
+}
+
+/// LayerNorm of `[input, residual?, gamma, beta]`, written over `input` when nothing else holds
+/// it.
+pub(super) fn layer_norm(mut tensors: Vec<FlexTensor>, epsilon: f64) -> FlexTensor {
+    let mut input = tensors.remove(0);
     let values: Vec<Values> = tensors.iter().map(Values::of).collect();
-    let (inputs, weights) = layer_norm_parts(&values, epsilon);
-    let (output, _) = kernels::layer_norm(
-        inputs[0].get(),
-        inputs.get(1).map(Values::get),
-        weights,
-        false,
-    );
-    tensor(output, inputs[0].shape())
+    let (residual, weights) = layer_norm_parts(&values, epsilon);
+    let residual = residual.first().map(Values::get);
+    if let Some(in_place) = values_mut(&mut input) {
+        kernels::layer_norm_in_place(in_place, residual, weights);
+        return input;
+    }
+    let input = Values::of(&input);
+    let (output, _) = kernels::layer_norm(input.get(), residual, weights, false);
+    tensor(output, input.shape())
 }
 
 #[derive(Debug)]
@@ -160,9 +172,13 @@ pub(super) fn layer_norm_tracked(tensors: Vec<TrackedTensor>, epsilon: f64) -> T
     }
 }
 
-/// GELU of every element.
-pub(super) fn gelu(input: &FlexTensor) -> FlexTensor {
-    let input = Values::of(input);
+/// GELU of every element, written over `input` when nothing else holds it.
+pub(super) fn gelu(mut input: FlexTensor) -> FlexTensor {
+    if let Some(in_place) = values_mut(&mut input) {
+        kernels::gelu_in_place(in_place);
+        return input;
+    }
+    let input = Values::of(&input);
     tensor(kernels::gelu(input.get()), input.shape())
 }
 

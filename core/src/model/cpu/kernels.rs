@@ -109,7 +109,7 @@ pub(crate) fn layer_norm(
     let run = |task: usize, output: &mut [f32], saved: Option<(&mut [f32], &mut [f32])>| {
         let range = task * block..task * block + output.len();
         layer_norm_rows(
-            &input[range.clone()],
+            Some(&input[range.clone()]),
             residual.map(|r| &r[range]),
             weights,
             output,
@@ -128,9 +128,28 @@ pub(crate) fn layer_norm(
     (output, saved)
 }
 
+/// [`layer_norm`] written over its input (inference: nothing is kept for a backward pass), the
+/// same values without a new buffer.
+pub(crate) fn layer_norm_in_place(
+    values: &mut [f32],
+    residual: Option<&[f32]>,
+    weights: LayerNormWeights,
+) {
+    let block = ROWS_PER_TASK * weights.gamma.len();
+    values
+        .par_chunks_mut(block)
+        .enumerate()
+        .for_each(|(task, values)| {
+            let range = task * block..task * block + values.len();
+            layer_norm_rows(None, residual.map(|r| &r[range]), weights, values, None);
+        });
+}
+
 vectorized! {
+    /// LayerNorm of the rows of `input` (plus `residual`) into `output`; of `output` itself (plus
+    /// `residual`) when there is no `input`.
     fn layer_norm_rows(
-        input: &[f32],
+        input: Option<&[f32]>,
         residual: Option<&[f32]>,
         weights: LayerNormWeights,
         output: &mut [f32],
@@ -139,15 +158,20 @@ vectorized! {
         let width = weights.gamma.len();
         let mut saved = saved;
         for (row, out) in output.chunks_exact_mut(width).enumerate() {
-            let x = &input[row * width..(row + 1) * width];
-            match residual {
-                Some(r) => {
-                    let r = &r[row * width..(row + 1) * width];
+            let rows = row * width..(row + 1) * width;
+            match (input.map(|x| &x[rows.clone()]), residual.map(|r| &r[rows])) {
+                (Some(x), Some(r)) => {
                     for ((o, &a), &b) in out.iter_mut().zip(x).zip(r) {
                         *o = a + b;
                     }
                 }
-                None => out.copy_from_slice(x),
+                (Some(x), None) => out.copy_from_slice(x),
+                (None, Some(r)) => {
+                    for (o, &b) in out.iter_mut().zip(r) {
+                        *o += b;
+                    }
+                }
+                (None, None) => {}
             }
             let mean = sum_by(width, |i| out[i]) / width as f32;
             let variance = sum_by(width, |i| (out[i] - mean) * (out[i] - mean)) / width as f32;
@@ -243,10 +267,25 @@ pub(crate) fn gelu(input: &[f32]) -> Vec<f32> {
     output
 }
 
+/// [`gelu`] written over its input (inference), the same values without a new buffer.
+pub(crate) fn gelu_in_place(values: &mut [f32]) {
+    values
+        .par_chunks_mut(ELEMENTS_PER_TASK)
+        .for_each(gelu_elements_in_place);
+}
+
 vectorized! {
     fn gelu_elements<M>(x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
             *y = math::gelu::<M>(x);
+        }
+    }
+}
+
+vectorized! {
+    fn gelu_elements_in_place<M>(x: &mut [f32]) {
+        for x in x.iter_mut() {
+            *x = math::gelu::<M>(*x);
         }
     }
 }
@@ -543,8 +582,9 @@ pub(crate) struct LinearShape {
 const ALL_THREADS: gemm::Parallelism = gemm::Parallelism::Rayon(0);
 
 /// `x · weight + bias`: `x` `[rows, inputs]`, `weight` `[inputs, outputs]` (burn's `Linear`
-/// layout), `bias` `[outputs]`; the bias is written first and the product added to it, so the
-/// result takes one pass over memory, in one product over all threads.
+/// layout), `bias` `[outputs]`; the bias is written first (on all threads, into memory not
+/// zeroed beforehand) and the product added to it, so the result takes one pass over memory, in
+/// one product over all threads.
 pub(crate) fn linear(
     x: &[f32],
     weight: &[f32],
@@ -560,11 +600,7 @@ pub(crate) fn linear(
     let (mut output, accumulate) = match bias {
         Some(bias) => {
             assert_eq!(bias.len(), outputs);
-            let mut output = Vec::with_capacity(rows * outputs);
-            for _ in 0..rows {
-                output.extend_from_slice(bias);
-            }
-            (output, Accumulate::Yes)
+            (repeated_rows(bias, rows), Accumulate::Yes)
         }
         None => (vec![0.0; rows * outputs], Accumulate::No),
     };
@@ -576,6 +612,26 @@ pub(crate) fn linear(
         accumulate,
         ALL_THREADS,
     );
+    output
+}
+
+/// `rows` copies of `row`, one after the other, written on all threads.
+fn repeated_rows(row: &[f32], rows: usize) -> Vec<f32> {
+    let width = row.len();
+    let mut output = Vec::with_capacity(rows * width);
+    output
+        .spare_capacity_mut()
+        .par_chunks_mut(ROWS_PER_TASK * width.max(1))
+        .for_each(|chunk| {
+            for copy in chunk.chunks_exact_mut(width.max(1)) {
+                for (element, &value) in copy.iter_mut().zip(row) {
+                    element.write(value);
+                }
+            }
+        });
+    // SAFETY: the loop above wrote all `rows · width` elements of the spare capacity (chunks of
+    // whole rows, every row of every chunk).
+    unsafe { output.set_len(rows * width) };
     output
 }
 

@@ -41,6 +41,16 @@ fn float32<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<B::Float
     (tensor.dtype() == DType::F32).then(|| tensor.clone().into_primitive().tensor())
 }
 
+/// The float primitive of `tensor`, moved out of it (a kernel may then write over its buffer).
+fn owned_float32<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> B::FloatTensorPrimitive {
+    tensor.into_primitive().tensor()
+}
+
+/// [`on_flex`] where [`runs_on`] has already said yes for `B`.
+fn flex_primitives<B: Backend>(primitives: Vec<B::FloatTensorPrimitive>) -> Primitives {
+    on_flex::<B>(primitives).expect("runs_on: the primitives are Flex's or its autodiff's")
+}
+
 /// `primitives` when they are all Flex's or all Flex's autodiff backend's; `None` otherwise.
 fn on_flex<B: Backend>(primitives: Vec<B::FloatTensorPrimitive>) -> Option<Primitives> {
     let plain: Option<Vec<FlexTensor>> = primitives.iter().map(downcast_ref).collect();
@@ -73,27 +83,32 @@ pub(crate) fn runs_on<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool
         && (primitive == TypeId::of::<FlexTensor>() || primitive == TypeId::of::<TrackedTensor>())
 }
 
-/// `LayerNorm(input + residual)`, or of `input` alone, over the last dimension, on Flex; `None`
-/// on other backends.
+/// `LayerNorm(input + residual)`, or of `input` alone, over the last dimension, on Flex (written
+/// over `input`'s buffer in inference when no other tensor shares it); `input` back on other
+/// backends.
 pub(crate) fn layer_norm<B: Backend, const D: usize>(
-    input: &Tensor<B, D>,
+    input: Tensor<B, D>,
     residual: Option<&Tensor<B, D>>,
     gamma: &Tensor<B, 1>,
     beta: &Tensor<B, 1>,
     epsilon: f64,
-) -> Option<Tensor<B, D>> {
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
     let width = input.dims()[D - 1];
     let same_shape = residual.is_none_or(|residual| residual.dims() == input.dims());
-    if !same_shape || gamma.dims() != [width] || beta.dims() != [width] {
-        return None;
+    if !runs_on(&input) || !same_shape || gamma.dims() != [width] || beta.dims() != [width] {
+        return Err(input);
     }
-    let mut primitives = vec![float32(input)?];
+    let mut others = Vec::new();
     if let Some(residual) = residual {
-        primitives.push(float32(residual)?);
+        others.push(float32(residual));
     }
-    primitives.extend([float32(gamma)?, float32(beta)?]);
-    Some(match on_flex::<B>(primitives)? {
-        Primitives::Plain(tensors) => into_tensor(flex::layer_norm(&tensors, epsilon)),
+    others.extend([float32(gamma), float32(beta)]);
+    let Some(others) = others.into_iter().collect::<Option<Vec<_>>>() else {
+        return Err(input);
+    };
+    let primitives = [vec![owned_float32(input)], others].concat();
+    Ok(match flex_primitives::<B>(primitives) {
+        Primitives::Plain(tensors) => into_tensor(flex::layer_norm(tensors, epsilon)),
         Primitives::Tracked(tensors) => into_tensor(flex::layer_norm_tracked(tensors, epsilon)),
     })
 }
@@ -120,10 +135,16 @@ pub(crate) fn linear<B: Backend, const D: usize>(
     })
 }
 
-/// GELU (exact error function) of every element, on Flex; `None` on other backends.
-pub(crate) fn gelu<B: Backend, const D: usize>(input: &Tensor<B, D>) -> Option<Tensor<B, D>> {
-    Some(match on_flex::<B>(vec![float32(input)?])? {
-        Primitives::Plain(tensors) => into_tensor(flex::gelu(&tensors[0])),
+/// GELU (exact error function) of every element, on Flex (written over `input`'s buffer in
+/// inference when no other tensor shares it); `input` back on other backends.
+pub(crate) fn gelu<B: Backend, const D: usize>(
+    input: Tensor<B, D>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    if !runs_on(&input) {
+        return Err(input);
+    }
+    Ok(match flex_primitives::<B>(vec![owned_float32(input)]) {
+        Primitives::Plain(mut tensors) => into_tensor(flex::gelu(tensors.remove(0))),
         Primitives::Tracked(mut tensors) => into_tensor(flex::gelu_tracked(tensors.remove(0))),
     })
 }
@@ -280,8 +301,8 @@ mod tests {
         let beta = tensor::<B, 1>(&random(width, seed + 3, 0.5), [width]).require_grad();
         let epsilon = 1e-12;
         let residual_used = with_residual.then_some(&residual);
-        let output = super::layer_norm(&input, residual_used, &gamma, &beta, epsilon)
-            .unwrap_or_else(|| {
+        let output = super::layer_norm(input.clone(), residual_used, &gamma, &beta, epsilon)
+            .unwrap_or_else(|input| {
                 let sum = match residual_used {
                     Some(residual) => input.clone() + residual.clone(),
                     None => input.clone(),
@@ -375,7 +396,7 @@ mod tests {
         let mut x = random(len, seed, 8.0);
         x.iter_mut().step_by(7).for_each(|x| *x = 0.0);
         let input = tensor::<B, 2>(&x, [1, len]).require_grad();
-        let output = super::gelu(&input).unwrap_or_else(|| {
+        let output = super::gelu(input.clone()).unwrap_or_else(|input| {
             input.clone()
                 * (input.clone() / std::f64::consts::SQRT_2)
                     .erf()
@@ -483,12 +504,54 @@ mod tests {
         }
     }
 
+    /// GELU and LayerNorm (with a residual) of one random `[2, 9, 384]` input on `B`, the input
+    /// also kept by the caller when `shared`: the two outputs, then what the kept inputs hold
+    /// afterwards (the input's values when none is kept).
+    fn inference_case<B: Backend>(shared: bool) -> [Vec<f32>; 4] {
+        let shape = [2, 9, 384];
+        let x = random(shape.iter().product(), 7, 3.0);
+        let residual = tensor::<B, 3>(&random(x.len(), 8, 1.0), shape);
+        let gamma = tensor::<B, 1>(&random(384, 9, 1.5), [384]);
+        let beta = tensor::<B, 1>(&random(384, 10, 0.5), [384]);
+        let input = tensor::<B, 3>(&x, shape);
+        let held = shared.then(|| input.clone());
+        let gelu = super::gelu(input).unwrap_or_else(|_| panic!("GELU runs on Flex"));
+        let input = tensor::<B, 3>(&x, shape);
+        let held_too = shared.then(|| input.clone());
+        let normalized = super::layer_norm(input, Some(&residual), &gamma, &beta, 1e-12)
+            .unwrap_or_else(|_| panic!("LayerNorm runs on Flex"));
+        let held = [held, held_too].map(|held| held.map(values).unwrap_or_else(|| x.clone()));
+        let [held_gelu, held_layer_norm] = held;
+        [values(gelu), values(normalized), held_gelu, held_layer_norm]
+    }
+
+    #[test]
+    fn inference_writes_over_its_input_only_when_nothing_else_holds_it() {
+        // The tracked path (Autodiff<Flex>) always writes a new buffer: the reference.
+        let [gelu, normalized, ..] = inference_case::<Fused>(false);
+        let x = random(2 * 9 * 384, 7, 3.0);
+        for shared in [false, true] {
+            let [in_place_gelu, in_place_normalized, held_gelu, held_normalized] =
+                inference_case::<Flex>(shared);
+            assert_eq!(in_place_gelu, gelu, "GELU, input shared: {shared}");
+            assert_eq!(
+                in_place_normalized, normalized,
+                "LayerNorm, input shared: {shared}"
+            );
+            assert_eq!(held_gelu, x, "GELU changed a tensor held elsewhere");
+            assert_eq!(
+                held_normalized, x,
+                "LayerNorm changed a tensor held elsewhere"
+            );
+        }
+    }
+
     #[test]
     fn the_kernels_run_on_flex_and_only_there() {
         let x = tensor::<Flex, 2>(&[1.0, 2.0], [1, 2]);
-        assert!(super::gelu(&x).is_some());
-        assert!(super::gelu(&x.clone().cast(burn::tensor::DType::F16)).is_none());
+        assert!(super::gelu(x.clone()).is_ok());
+        assert!(super::gelu(x.cast(burn::tensor::DType::F16)).is_err());
         let y = tensor::<NdArray, 2>(&[1.0, 2.0], [1, 2]);
-        assert!(super::gelu(&y).is_none());
+        assert!(super::gelu(y).is_err());
     }
 }
