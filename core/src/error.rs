@@ -234,3 +234,41 @@ pub enum CollectiveError {
     #[error("cannot read gradients back from the device: {0}")]
     Device(String),
 }
+
+/// A pipeline (`crate::pipelines`) that cannot be loaded or cannot answer.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    /// The model folder cannot be used.
+    #[error(transparent)]
+    Pretrained(#[from] PretrainedError),
+    /// A sentence-transformers file of the folder is invalid or asks for what is not supported.
+    #[error("{path}: {problem}")]
+    SentenceTransformers {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The call was given no text.
+    #[error("no texts given: the list is empty")]
+    NoTexts,
+    /// A text is longer than the model takes and truncation is refused.
+    #[error("text {index} has {tokens} tokens, more than the model's {limit}: shorten it or allow truncation")]
+    TextTooLong {
+        /// Its position in the list.
+        index: usize,
+        /// Its tokens, `[CLS]` and `[SEP]` included.
+        tokens: usize,
+        /// The most the model takes.
+        limit: usize,
+    },
+    /// A text cannot be tokenized.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    /// A batch does not fit the model.
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The backend failed to hand back a result.
+    #[error("reading the result back from the backend failed: {0}")]
+    Backend(String),
+}

@@ -32,6 +32,19 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Sentence embeddings of a sentence-transformers folder (all-MiniLM-L6-v2, say), the vectors
+//! sentence-transformers' `encode` gives, in five lines ([`pipelines`]):
+//!
+//! ```no_run
+//! use bert_core::pipelines::SentenceEmbeddings;
+//! use burn::backend::flex::{Flex, FlexDevice};
+//!
+//! let model = SentenceEmbeddings::<Flex>::from_folder("all-MiniLM-L6-v2", &FlexDevice)?;
+//! let vectors = model.embed(&["A man is eating food.", "A man is eating pasta."])?.vectors;
+//! let cosine: f32 = vectors[0].iter().zip(&vectors[1]).map(|(a, b)| a * b).sum();
+//! # Ok::<(), bert_core::error::PipelineError>(())
+//! ```
+//!
 //! A real checkpoint is loaded with [`pretrained::ModelFiles`] and [`pretrained::load_model`], or
 //! with [`checkpoint::Checkpoint`] into any of the [`model`] types.
 
@@ -45,6 +58,7 @@ pub mod glue;
 pub mod io;
 pub mod model;
 pub mod optim;
+pub mod pipelines;
 pub mod pretrained;
 pub mod pretraining;
 pub mod squad;

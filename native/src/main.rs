@@ -54,6 +54,9 @@ Any of the model folders can be served: see `bert-native serve --help`. Each com
 enum Command {
     /// Run a checkpoint on a batch and save every output (hidden states, pooler, head logits).
     Encode(commands::encode::EncodeArgs),
+    /// Sentence embeddings of a text file (one text per line), as sentence-transformers computes
+    /// them, saved as .npy, .safetensors or .jsonl.
+    Embed(commands::embed::EmbedArgs),
     /// Tokenize a text or pair and print tokens, ids, token types and character offsets as JSON.
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Describe a model folder: configuration, parameter count, heads, tokenizer.
@@ -100,6 +103,7 @@ fn main() {
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Encode(args) => commands::encode::run(args),
+        Command::Embed(args) => commands::embed::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Convert(args) => commands::convert::run(args),

@@ -425,3 +425,116 @@ fn a_backend_that_was_not_built_in_is_named() {
     ]);
     assert!(stderr.contains("cuda"), "{stderr}");
 }
+
+/// The golden sentences (one per line) and sentence-transformers' embeddings of them.
+fn golden_sentences() -> (Vec<String>, Vec<Vec<f32>>) {
+    let path = fixture("embeddings/minilm_sentences.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let sentences = json["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    let embeddings = json["embeddings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let row = row.as_array().unwrap();
+            row.iter().map(|x| x.as_f64().unwrap() as f32).collect()
+        })
+        .collect();
+    (sentences, embeddings)
+}
+
+#[test]
+fn embed_writes_sentence_transformers_vectors_in_every_format() {
+    let tmp = TempDir::new("embed");
+    let (sentences, expected) = golden_sentences();
+    let input = tmp.path("texts.txt");
+    std::fs::write(&input, sentences.join("\n") + "\n").unwrap();
+    let model = minilm_dir();
+    let run = |output: &Path| {
+        let args = ["embed", "--model", arg(&model), "--input", arg(&input)];
+        let output =
+            succeed(&[&args[..], &["--output", arg(output), "--batch-size", "3"]].concat());
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    let dimension = expected[0].len();
+    let check = |got: &[f32], what: &str| {
+        assert_eq!(got.len(), expected.len() * dimension, "{what}");
+        assert_close(what, got, &expected.concat(), 1e-5);
+    };
+
+    let npy = tmp.path("out.npy");
+    let stderr = run(&npy);
+    // The last sentence is over the model's 256 tokens: cut, with a warning naming its line.
+    assert!(
+        stderr.contains("WARNING: 1 text(s)") && stderr.contains("(lines 8)"),
+        "{stderr}"
+    );
+    let bytes = std::fs::read(&npy).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(
+        header.contains(&format!("'shape': (8, {dimension})")),
+        "{header}"
+    );
+    assert_eq!((10 + header_len) % 64, 0, "data aligned to 64 bytes");
+    let values: Vec<f32> = bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    check(&values, "npy");
+
+    let safetensors = tmp.path("out.safetensors");
+    run(&safetensors);
+    let tensors = read_safetensors(&safetensors);
+    assert_eq!(tensors["embeddings"].shape, [8, dimension]);
+    check(&tensors["embeddings"].f32, "safetensors");
+
+    let jsonl = tmp.path("out.jsonl");
+    run(&jsonl);
+    let values: Vec<f32> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .flat_map(|(i, line)| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(record["index"], i);
+            let embedding = record["embedding"].as_array().unwrap().clone();
+            embedding.into_iter().map(|x| x.as_f64().unwrap() as f32)
+        })
+        .collect();
+    check(&values, "jsonl");
+
+    // Refusing long texts names the line; an unknown format and an empty file are refused.
+    let refused = tmp.path("refused.npy");
+    let args = ["embed", "--model", arg(&model), "--input", arg(&input)];
+    let stderr = fail(&[&args[..], &["--output", arg(&refused), "--refuse-long"]].concat());
+    assert!(
+        stderr.contains("line 8: 642 tokens, more than the model's 256"),
+        "{stderr}"
+    );
+    assert!(!refused.exists(), "no output after a failure");
+    let stderr = fail(&[&args[..], &["--output", arg(&tmp.path("out.csv"))]].concat());
+    assert!(
+        stderr.contains("out.csv: unknown output format"),
+        "{stderr}"
+    );
+    let empty = tmp.path("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let stderr = fail(&[
+        "embed",
+        "--model",
+        arg(&model),
+        "--input",
+        arg(&empty),
+        "--output",
+        arg(&npy),
+    ]);
+    assert!(stderr.contains("empty.txt: no texts"), "{stderr}");
+}

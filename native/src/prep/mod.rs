@@ -9,7 +9,7 @@
 
 mod format;
 mod instances;
-mod progress;
+pub(crate) mod progress;
 mod segment;
 mod shard;
 mod wiki;

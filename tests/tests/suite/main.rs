@@ -16,3 +16,4 @@ mod golden_forward_wgpu;
 mod golden_lamb;
 mod golden_squad;
 mod golden_tokenize;
+mod sentence_embeddings;
