@@ -1,7 +1,8 @@
 //! `bert-native serve` driven over HTTP on a loopback port: health and metadata, inference equal
 //! to `bert-native encode` (JSON and binary tensors, dynamic batching of concurrent requests), the
-//! text question-answering endpoint equal to `bert-native qa`, NVIDIA's own `tritonclient`, bad
-//! input, a full queue, and SIGTERM with a request in flight.
+//! text question-answering endpoint equal to `bert-native qa`, NVIDIA's own `tritonclient`,
+//! sentence embeddings equal to `bert-native embed` (ours and OpenAI's endpoint, through the
+//! `openai` client), bad input, a full queue, and SIGTERM with a request in flight.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -592,4 +593,239 @@ fn a_full_queue_answers_503_at_once_and_sigterm_finishes_requests_in_flight() {
     assert!(status.success(), "{status}");
     let said: Vec<String> = server.stderr.try_iter().collect();
     assert!(said.iter().any(|l| l == "stopped"), "{said:?}");
+}
+
+/// The golden sentences and sentence-transformers' embeddings of them.
+fn golden_sentences() -> (Vec<String>, Vec<Vec<f32>>) {
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("embeddings/minilm_sentences.json")).unwrap(),
+    )
+    .unwrap();
+    let rows = |key: &str| json[key].as_array().unwrap().clone();
+    let sentences = rows("sentences")
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    let embeddings = rows("embeddings").iter().map(floats).collect();
+    (sentences, embeddings)
+}
+
+#[test]
+fn serves_sentence_embeddings_to_the_openai_client_as_the_cli_computes_them() {
+    let tmp = TempDir::new("embeddings");
+    let minilm = minilm_dir();
+    let repository = tmp.path("models");
+    // The sentence-transformers folder as published, and the same weights as a plain encoder.
+    for (name, task) in [("embedder", "sentence-embeddings"), ("minilm", "encoder")] {
+        let folder = repository.join(name);
+        std::fs::create_dir_all(folder.join("1_Pooling")).unwrap();
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "vocab.txt",
+            "modules.json",
+            "sentence_bert_config.json",
+            "1_Pooling/config.json",
+        ] {
+            std::os::unix::fs::symlink(minilm.join(file), folder.join(file)).unwrap();
+        }
+        std::fs::write(
+            folder.join("model.json"),
+            json!({ "task": task }).to_string(),
+        )
+        .unwrap();
+    }
+    let (sentences, expected) = golden_sentences();
+
+    // What the CLI writes for these texts.
+    let texts_file = tmp.path("texts.txt");
+    std::fs::write(&texts_file, sentences.join("\n")).unwrap();
+    let jsonl = tmp.path("cli.jsonl");
+    let output = bert_native(&[
+        "embed",
+        "--model",
+        arg(&minilm),
+        "--input",
+        arg(&texts_file),
+        "--output",
+        arg(&jsonl),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cli: Vec<Vec<f32>> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|line| floats(&serde_json::from_str::<Value>(line).unwrap()["embedding"]))
+        .collect();
+    for (i, (ours, theirs)) in cli.iter().zip(&expected).enumerate() {
+        assert_close(
+            &format!("CLI sentence {i} vs sentence-transformers"),
+            ours,
+            theirs,
+        );
+    }
+
+    let server = Server::start(&repository, &["--max-batch-size", "16"]);
+    let port = server.port;
+    let metadata = http(port, "GET", "/v2/models/embedder", &[], b"").json();
+    assert_eq!(metadata["platform"], "bert-native/sentence-embeddings");
+    assert_eq!(metadata["outputs"][0]["name"], "sentence_embedding");
+
+    // Our endpoint: the CLI's vectors, the token counts, the cut text.
+    let body = json!({ "texts": sentences }).to_string();
+    let reply = http(
+        port,
+        "POST",
+        "/v2/models/embedder/embed",
+        &[],
+        body.as_bytes(),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let reply = reply.json();
+    for (i, (served, cli)) in reply["embeddings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&cli)
+        .enumerate()
+    {
+        let (diff, _) = max_abs_diff(&floats(served), cli);
+        assert!(diff <= 1e-6, "/embed sentence {i}: {diff} from the CLI");
+    }
+    assert_eq!(reply["truncated"], json!([7]));
+    assert_eq!(reply["tokens"][7], 256);
+    for (path, body, status) in [
+        ("/v2/models/embedder/embed", json!({ "texts": [] }), 400),
+        ("/v2/models/minilm/embed", json!({ "texts": ["a"] }), 400),
+        ("/v2/models/nobody/embed", json!({ "texts": ["a"] }), 404),
+        (
+            "/v1/embeddings",
+            json!({ "model": "embedder", "input": [[1, 2]] }),
+            400,
+        ),
+    ] {
+        let reply = http(port, "POST", path, &[], body.to_string().as_bytes());
+        assert_eq!(reply.status, status, "{path} {body}");
+    }
+
+    // KServe v2 inference on token ids: the pooled vector of the same tokens.
+    let ids = json!({
+        "inputs": [{"name": "input_ids", "shape": [1, 4], "datatype": "INT64", "data": SHORT}]
+    });
+    let reply = http(
+        port,
+        "POST",
+        "/v2/models/embedder/infer",
+        &[],
+        ids.to_string().as_bytes(),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let infer = floats(&reply.json()["outputs"][0]["data"]);
+    let hello = json!({ "texts": ["hello world"] }).to_string();
+    let reply = http(
+        port,
+        "POST",
+        "/v2/models/embedder/embed",
+        &[],
+        hello.as_bytes(),
+    )
+    .json();
+    let (diff, _) = max_abs_diff(&infer, &floats(&reply["embeddings"][0]));
+    assert!(
+        diff <= 1e-6,
+        "infer vs embed of [CLS] hello world [SEP]: {diff}"
+    );
+
+    // OpenAI's own client, unchanged.
+    let python = std::env::var_os("BERT_RS_TRITON_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap())
+                .join(".cache/bert-rs/triton-venv/bin/python")
+        });
+    let client = Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/openai_client.py"
+        ))
+        .args([
+            &format!("127.0.0.1:{port}"),
+            "embedder",
+            "minilm",
+            &json!(sentences).to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        client.status.success(),
+        "{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let report: Value = serde_json::from_slice(&client.stdout).unwrap();
+    for key in ["default", "float"] {
+        for (i, (got, cli)) in report[key].as_array().unwrap().iter().zip(&cli).enumerate() {
+            let (diff, _) = max_abs_diff(&floats(got), cli);
+            assert!(
+                diff <= 1e-6,
+                "openai {key} sentence {i}: {diff} from the CLI"
+            );
+        }
+    }
+    assert_eq!(
+        report["indices"],
+        json!((0..sentences.len()).collect::<Vec<_>>())
+    );
+    let (diff, _) = max_abs_diff(&floats(&report["single"]), &cli[0]);
+    assert!(diff <= 1e-6, "openai single text: {diff}");
+    assert_eq!(report["model"], "embedder");
+    let tokens: u64 = reply_tokens(port, &sentences);
+    assert_eq!(report["usage"]["prompt_tokens"], tokens);
+    let errors = &report["errors"];
+    assert_eq!(
+        errors["not_embedding"]["class"], "BadRequestError",
+        "{errors}"
+    );
+    assert_eq!(
+        errors["unknown_model"]["class"], "NotFoundError",
+        "{errors}"
+    );
+    assert_eq!(errors["empty_input"]["status"], 400, "{errors}");
+    let message = errors["not_embedding"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("minilm is not a sentence-embeddings model"),
+        "{message}"
+    );
+}
+
+/// The tokens `/embed` reports for `texts`, summed.
+fn reply_tokens(port: u16, texts: &[String]) -> u64 {
+    let body = json!({ "texts": texts }).to_string();
+    let reply = http(
+        port,
+        "POST",
+        "/v2/models/embedder/embed",
+        &[],
+        body.as_bytes(),
+    )
+    .json();
+    reply["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum()
 }

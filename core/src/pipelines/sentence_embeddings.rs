@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::config::BertConfig;
 use crate::error::{PipelineError, PretrainedError};
-use crate::model::BertModel;
+use crate::model::{BertModel, TokenBatch};
 use crate::pretrained::{load_model, ModelFiles};
 use crate::tokenizer::{BertTokenizer, Encoding};
 
@@ -123,21 +123,27 @@ impl Pooling {
         Ok((pooling, None))
     }
 
-    /// Pools one text's token vectors (`tokens` rows of `hidden` values) as sentence-transformers
-    /// does, then normalises when asked.
-    fn pool(&self, token_vectors: &[f32], tokens: usize, hidden: usize) -> Vec<f32> {
-        let rows = token_vectors[..tokens * hidden].chunks_exact(hidden);
+    /// Pools one text's token vectors (`hidden` values per position; `kept[i]`: position `i` is
+    /// one of the text's tokens, not padding) as sentence-transformers does, then normalises when
+    /// asked.
+    fn pool(&self, token_vectors: &[f32], kept: &[bool], hidden: usize) -> Vec<f32> {
+        let rows = || {
+            token_vectors
+                .chunks_exact(hidden)
+                .zip(kept)
+                .filter_map(|(row, &kept)| kept.then_some(row))
+        };
         let mut pooled = match self.mode {
             PoolingMode::Cls => token_vectors[..hidden].to_vec(),
             PoolingMode::Mean => {
                 let mut sum = vec![0.0f32; hidden];
-                for row in rows {
+                for row in rows() {
                     sum.iter_mut().zip(row).for_each(|(s, &x)| *s += x);
                 }
-                let count = (tokens as f32).max(1e-9);
+                let count = (rows().count() as f32).max(1e-9);
                 sum.iter().map(|s| s / count).collect()
             }
-            PoolingMode::Max => rows.fold(vec![f32::NEG_INFINITY; hidden], |mut max, row| {
+            PoolingMode::Max => rows().fold(vec![f32::NEG_INFINITY; hidden], |mut max, row| {
                 max.iter_mut().zip(row).for_each(|(m, &x)| *m = m.max(x));
                 max
             }),
@@ -225,6 +231,8 @@ pub enum Truncation {
 pub struct Embeddings {
     /// One vector per text, in the order given.
     pub vectors: Vec<Vec<f32>>,
+    /// The tokens each text was embedded with (`[CLS]` and `[SEP]` included, after any cut).
+    pub tokens: Vec<usize>,
     /// The positions of the texts that were cut to fit the model.
     pub truncated: Vec<usize>,
 }
@@ -327,25 +335,29 @@ impl<B: Backend> SentenceEmbeddings<B> {
             truncated.push(index);
             encodings.push(self.tokenizer.encode(text.as_ref(), None, Some(limit))?);
         }
+        let tokens = encodings.iter().map(Encoding::len).collect();
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&index| encodings[index].len());
         let mut vectors = vec![Vec::new(); texts.len()];
         for batch in order.chunks(self.batch_size) {
             let batch_encodings: Vec<Encoding> =
                 batch.iter().map(|&i| encodings[i].clone()).collect();
-            for (&index, vector) in batch.iter().zip(self.embed_batch(&batch_encodings)?) {
+            let token_batch = self.tokenizer.batch(&batch_encodings, None);
+            for (&index, vector) in batch.iter().zip(self.embed_tokens(&token_batch)?) {
                 vectors[index] = vector;
             }
         }
-        Ok(Embeddings { vectors, truncated })
+        Ok(Embeddings {
+            vectors,
+            tokens,
+            truncated,
+        })
     }
 
-    /// One forward pass over encodings of similar lengths, pooled.
-    fn embed_batch(&self, encodings: &[Encoding]) -> Result<Vec<Vec<f32>>, PipelineError> {
-        let input = self
-            .tokenizer
-            .batch(encodings, None)
-            .to_input::<B>(&self.config, &self.device)?;
+    /// The embedding of every row of an already tokenized batch, pooled over the positions its
+    /// attention mask keeps (all of them when it has none): one forward pass.
+    pub fn embed_tokens(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, PipelineError> {
+        let input = batch.to_input::<B>(&self.config, &self.device)?;
         let hidden_states = self.model.forward(input).sequence_output;
         let [_, seq_len, hidden] = hidden_states.dims();
         let values: Vec<f32> = hidden_states
@@ -355,10 +367,24 @@ impl<B: Backend> SentenceEmbeddings<B> {
             .map_err(|error| PipelineError::Backend(format!("{error:?}")))?;
         Ok(values
             .chunks_exact(seq_len * hidden)
-            .zip(encodings)
-            .map(|(token_vectors, encoding)| {
-                self.pooling.pool(token_vectors, encoding.len(), hidden)
+            .enumerate()
+            .map(|(row, token_vectors)| {
+                let kept: Vec<bool> = match &batch.attention_mask {
+                    Some(mask) => mask[row].iter().map(|&m| m != 0).collect(),
+                    None => vec![true; seq_len],
+                };
+                self.pooling.pool(token_vectors, &kept, hidden)
             })
             .collect())
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// The tokenizer texts go through.
+    pub fn tokenizer(&self) -> &BertTokenizer {
+        &self.tokenizer
     }
 }

@@ -1,7 +1,8 @@
 //! Dynamic batching: requests for one model wait in a bounded queue; its worker thread gathers
 //! them up to `max_batch_size` rows or `max_queue_delay`, pads them to the longest sequence, runs
-//! the model once and hands each request its own rows back. Requests whose client went away are
-//! dropped before they take a place in a batch.
+//! the model once and hands each request its own rows back (texts to embed are gathered the same
+//! way, up to `max_batch_size` texts). Requests whose client went away are dropped before they
+//! take a place in a batch.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,15 @@ pub enum Work {
         reply: oneshot::Sender<Result<Vec<HostOutput>, String>>,
     },
     /// Answer a question about a text (question-answering models; run on its own).
+    /// Embed texts (sentence-embeddings models; batched with other embedding requests).
+    Embed {
+        /// The texts, at least one.
+        texts: Vec<String>,
+        /// When the request was queued.
+        queued: Instant,
+        /// Where the embeddings go.
+        reply: oneshot::Sender<Result<EmbedOutput, String>>,
+    },
     Answer {
         /// The question.
         question: String,
@@ -46,14 +56,38 @@ impl Work {
         match self {
             Work::Infer { reply, .. } => reply.is_closed(),
             Work::Answer { reply, .. } => reply.is_closed(),
+            Work::Embed { reply, .. } => reply.is_closed(),
         }
     }
 
     fn queued(&self) -> Instant {
         match self {
-            Work::Infer { queued, .. } | Work::Answer { queued, .. } => *queued,
+            Work::Infer { queued, .. }
+            | Work::Answer { queued, .. }
+            | Work::Embed { queued, .. } => *queued,
         }
     }
+
+    /// Whether `other` can join a batch this work opened: token rows with token rows, texts to
+    /// embed with texts to embed.
+    fn batches_with(&self, other: &Work) -> bool {
+        matches!(
+            (self, other),
+            (Work::Infer { .. }, Work::Infer { .. }) | (Work::Embed { .. }, Work::Embed { .. })
+        )
+    }
+}
+
+/// What an embedding request gets back: per text its vector and its tokens, and which texts were
+/// cut to fit the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedOutput {
+    /// One vector per text, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// The tokens each text was embedded with.
+    pub tokens: Vec<usize>,
+    /// The positions of the texts that were cut.
+    pub truncated: Vec<usize>,
 }
 
 /// Batching limits.
@@ -152,18 +186,19 @@ pub fn work<B: Backend>(
                 metrics.record_execution(1, started.elapsed());
                 finish(metrics, reply, result);
             }
-            Work::Infer { .. } => {
+            Work::Infer { .. } | Work::Embed { .. } => {
                 let deadline = first.queued() + config.max_queue_delay;
+                let mut rows = rows_of(&first);
                 let mut batch = vec![first];
-                let mut rows = rows_of(&batch[0]);
                 while rows < config.max_batch_size {
                     let wait = deadline.saturating_duration_since(Instant::now());
                     match queue.recv_timeout(wait) {
                         Ok(work) if work.cancelled() => {
                             metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                         }
-                        Ok(work @ Work::Infer { .. })
-                            if rows + rows_of(&work) <= config.max_batch_size =>
+                        Ok(work)
+                            if batch[0].batches_with(&work)
+                                && rows + rows_of(&work) <= config.max_batch_size =>
                         {
                             rows += rows_of(&work);
                             batch.push(work);
@@ -177,7 +212,11 @@ pub fn work<B: Backend>(
                         }
                     }
                 }
-                run_batch(&model, &device, batch, metrics);
+                if matches!(batch[0], Work::Embed { .. }) {
+                    run_embeddings(&model, batch, metrics);
+                } else {
+                    run_batch(&model, &device, batch, metrics);
+                }
             }
         }
     }
@@ -186,6 +225,7 @@ pub fn work<B: Backend>(
 fn rows_of(work: &Work) -> usize {
     match work {
         Work::Infer { batch, .. } => batch.batch_size(),
+        Work::Embed { texts, .. } => texts.len(),
         Work::Answer { .. } => 1,
     }
 }
@@ -274,7 +314,7 @@ fn run_batch<B: Backend>(
         .iter()
         .filter_map(|work| match work {
             Work::Infer { batch, .. } => Some(batch.seq_len()),
-            Work::Answer { .. } => None,
+            Work::Answer { .. } | Work::Embed { .. } => None,
         })
         .max()
         .unwrap_or(0);
@@ -324,10 +364,57 @@ fn run_batch<B: Backend>(
     }
 }
 
+/// Embeds the texts of several requests in one call of the pipeline (which sorts them by length
+/// into batches) and hands each request its own vectors back.
+fn run_embeddings<B: Backend>(model: &ServedModel<B>, batch: Vec<Work>, metrics: &Metrics) {
+    let mut requests = Vec::with_capacity(batch.len());
+    let mut texts = Vec::new();
+    for work in batch {
+        let Work::Embed {
+            texts: own,
+            queued,
+            reply,
+        } = work
+        else {
+            unreachable!("only embedding requests are batched with embedding requests")
+        };
+        record_queue(metrics, queued);
+        requests.push((own.len(), reply));
+        texts.extend(own);
+    }
+    let started = Instant::now();
+    let result = guarded(|| {
+        let TaskModel::SentenceEmbeddings(pipeline) = &model.model else {
+            anyhow::bail!("{} is not a sentence-embeddings model", model.name);
+        };
+        Ok(pipeline.embed(&texts)?)
+    });
+    metrics.record_execution(texts.len(), started.elapsed());
+    let mut first = 0;
+    for (count, reply) in requests {
+        let range = first..first + count;
+        let own = result
+            .as_ref()
+            .map_err(Clone::clone)
+            .map(|all| EmbedOutput {
+                vectors: all.vectors[range.clone()].to_vec(),
+                tokens: all.tokens[range.clone()].to_vec(),
+                truncated: all
+                    .truncated
+                    .iter()
+                    .filter(|index| range.contains(index))
+                    .map(|index| index - first)
+                    .collect(),
+            });
+        first += count;
+        finish(metrics, reply, own);
+    }
+}
+
 /// Rows `first..first + rows` of `output`, cut to `seq_len` positions when it has a sequence axis.
 fn slice_rows(output: &HostOutput, first: usize, rows: usize, seq_len: usize) -> HostOutput {
     let row_size: usize = output.shape[1..].iter().product();
-    let has_sequence = output.name != "logits";
+    let has_sequence = !matches!(output.name, "logits" | "sentence_embedding");
     let mut shape = output.shape.clone();
     shape[0] = rows;
     let mut data = Vec::new();

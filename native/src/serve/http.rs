@@ -1,5 +1,6 @@
 //! The HTTP routes: health, server and model metadata, inference (JSON or binary tensors), the
-//! text question-answering endpoint, and Prometheus metrics.
+//! text question-answering endpoint, sentence embeddings (ours and OpenAI's `/v1/embeddings`), and
+//! Prometheus metrics.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -13,12 +14,13 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use bert_core::BertConfig;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use super::batcher::{submit, Metrics, Work, BATCH_SIZE_BUCKETS};
+use super::batcher::{submit, EmbedOutput, Metrics, Work, BATCH_SIZE_BUCKETS};
 use super::protocol::{encode_response, parse_infer, Inference, HEADER_LENGTH, INPUT_NAMES};
 use super::repository::Task;
 
@@ -62,6 +64,8 @@ pub fn router(models: Vec<ModelEntry>) -> Router {
             post(versioned_infer),
         )
         .route("/v2/models/{name}/qa", post(question_answering))
+        .route("/v2/models/{name}/embed", post(embed))
+        .route("/v1/embeddings", post(openai_embeddings))
         .route("/metrics", get(metrics))
         .with_state(Arc::new(models))
 }
@@ -311,6 +315,193 @@ async fn question_answering(
         Ok(Err(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the model worker stopped"),
     }
+}
+
+/// Queues texts for a sentence-embeddings model and waits for their vectors; the status and
+/// message of a failure.
+async fn embed_texts(
+    model: &ModelEntry,
+    texts: Vec<String>,
+) -> Result<EmbedOutput, (StatusCode, String)> {
+    let (reply, answer) = oneshot::channel();
+    let work = Work::Embed {
+        texts,
+        queued: Instant::now(),
+        reply,
+    };
+    if submit(&model.queue, work).is_err() {
+        model.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        let message = format!("the queue of {} is full: retry later", model.name);
+        return Err((StatusCode::SERVICE_UNAVAILABLE, message));
+    }
+    match answer.await {
+        Ok(Ok(output)) => Ok(output),
+        Ok(Err(message)) => Err((StatusCode::INTERNAL_SERVER_ERROR, message)),
+        Err(_) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the model worker stopped".into(),
+        )),
+    }
+}
+
+/// Why `model` cannot embed texts, if it cannot.
+fn not_embedding(model: &ModelEntry) -> Option<String> {
+    (model.task != Task::SentenceEmbeddings).then(|| {
+        format!(
+            "{} is not a sentence-embeddings model (its task: {}); embeddings come from models whose model.json says {{\"task\": \"sentence-embeddings\"}}",
+            model.name,
+            model.task.name()
+        )
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbedRequest {
+    texts: Vec<String>,
+}
+
+/// `POST /v2/models/{name}/embed`: `{"texts": [...]}` to `{"embeddings": [[...]], "tokens":
+/// [...], "truncated": [...]}` (the positions of texts cut to fit the model).
+async fn embed(State(models): State<Models>, Path(name): Path<String>, body: Bytes) -> Response {
+    let Some(model) = find(&models, &name) else {
+        return not_found(&models, &name);
+    };
+    if let Some(message) = not_embedding(model) {
+        return error(StatusCode::BAD_REQUEST, message);
+    }
+    let texts = match serde_json::from_slice::<EmbedRequest>(&body) {
+        Ok(request) if !request.texts.is_empty() => request.texts,
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "no texts given: the list is empty"),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"texts\": [\"...\", ...]}}: {e}"),
+            )
+        }
+    };
+    match embed_texts(model, texts).await {
+        Ok(output) => Json(json!({
+            "model": model.name,
+            "embeddings": output.vectors,
+            "tokens": output.tokens,
+            "truncated": output.truncated,
+        }))
+        .into_response(),
+        Err((status, message)) => error(status, message),
+    }
+}
+
+/// `/v1/embeddings`' `input`: a text or a list of texts (OpenAI's token-id arrays are not taken).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OpenAiInput {
+    Text(String),
+    Texts(Vec<String>),
+}
+
+/// The body of OpenAI's `POST /v1/embeddings`.
+#[derive(Debug, Deserialize)]
+struct OpenAiEmbeddingRequest {
+    input: OpenAiInput,
+    model: String,
+    encoding_format: Option<String>,
+    dimensions: Option<usize>,
+}
+
+/// An error as OpenAI's API words it, so that its clients raise their usual exceptions.
+fn openai_error(status: StatusCode, message: impl Into<String>) -> Response {
+    let kind = if status.is_client_error() {
+        "invalid_request_error"
+    } else {
+        "server_error"
+    };
+    let body =
+        json!({"error": {"message": message.into(), "type": kind, "param": null, "code": null}});
+    (status, Json(body)).into_response()
+}
+
+/// OpenAI's `POST /v1/embeddings`, for its clients (the `openai` package, LangChain and
+/// LlamaIndex's OpenAI embeddings): `model` names a sentence-embeddings model of the repository;
+/// `encoding_format` `float` (the default) or `base64` (little-endian float32, what the `openai`
+/// client asks for).
+async fn openai_embeddings(State(models): State<Models>, body: Bytes) -> Response {
+    let request: OpenAiEmbeddingRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"input\": \"...\" or [\"...\", ...], \"model\": \"...\"}} (token-id arrays are not supported): {e}"),
+            )
+        }
+    };
+    let Some(model) = find(&models, &request.model) else {
+        let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+        return openai_error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "the model {:?} does not exist; this server has {}",
+                request.model,
+                names.join(", ")
+            ),
+        );
+    };
+    if let Some(message) = not_embedding(model) {
+        return openai_error(StatusCode::BAD_REQUEST, message);
+    }
+    let texts = match request.input {
+        OpenAiInput::Text(text) => vec![text],
+        OpenAiInput::Texts(texts) if !texts.is_empty() => texts,
+        OpenAiInput::Texts(_) => {
+            return openai_error(StatusCode::BAD_REQUEST, "input is an empty list")
+        }
+    };
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                format!("encoding_format {other:?} is not supported: use float or base64"),
+            )
+        }
+    };
+    let dimension = model.config.hidden_size;
+    if let Some(asked) = request.dimensions.filter(|&asked| asked != dimension) {
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "dimensions {asked}: {}'s embeddings have {dimension}",
+                model.name
+            ),
+        );
+    }
+    let output = match embed_texts(model, texts).await {
+        Ok(output) => output,
+        Err((status, message)) => return openai_error(status, message),
+    };
+    let data: Vec<Value> = output
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let tokens: usize = output.tokens.iter().sum();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model.name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response()
 }
 
 /// Reads one counter of a model's metrics.

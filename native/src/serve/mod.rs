@@ -25,7 +25,9 @@ use repository::{model_folders, ServedModel};
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Folder with one sub-folder per model: config.json, weights, vocabulary and `model.json`
-    /// (`{"task": "question-answering" | "sequence-classification" | "encoder"}`).
+    /// (`{"task": "question-answering" | "sequence-classification" | "encoder" |
+    /// "sentence-embeddings"}`; sentence-embeddings models are also served at
+    /// `POST /v2/models/{name}/embed` and the OpenAI-compatible `POST /v1/embeddings`).
     #[arg(long)]
     model_repository: PathBuf,
     /// Address to listen on.

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use bert_core::model::{
     BertForQuestionAnswering, BertForSequenceClassification, BertWithHeads, TokenBatch,
 };
+use bert_core::pipelines::SentenceEmbeddings;
 use bert_core::tokenizer::BertTokenizer;
 use bert_core::BertConfig;
 use burn::tensor::backend::Backend;
@@ -25,6 +26,9 @@ pub enum Task {
     SequenceClassification,
     /// The encoder's last hidden state.
     Encoder,
+    /// Sentence embeddings as sentence-transformers computes them (pooling and normalisation
+    /// from the folder's sentence-transformers files).
+    SentenceEmbeddings,
 }
 
 impl Task {
@@ -34,6 +38,7 @@ impl Task {
             Task::QuestionAnswering => "question-answering",
             Task::SequenceClassification => "sequence-classification",
             Task::Encoder => "encoder",
+            Task::SentenceEmbeddings => "sentence-embeddings",
         }
     }
 }
@@ -93,6 +98,8 @@ pub enum TaskModel<B: Backend> {
     SequenceClassification(Box<BertForSequenceClassification<B>>, usize),
     /// The encoder (with whatever heads its checkpoint holds, unused).
     Encoder(Box<BertWithHeads<B>>),
+    /// The sentence-embeddings pipeline.
+    SentenceEmbeddings(Box<SentenceEmbeddings<B>>),
 }
 
 /// The folders of a repository that hold a `model.json`, sorted by name.
@@ -107,7 +114,7 @@ pub fn model_folders(repository: &Path) -> Result<Vec<PathBuf>> {
         if path.is_dir() {
             if !path.join("model.json").is_file() {
                 bail!(
-                    "{}: no model.json (it names the task: {{\"task\": \"question-answering\" | \"sequence-classification\" | \"encoder\"}})",
+                    "{}: no model.json (it names the task: {{\"task\": \"question-answering\" | \"sequence-classification\" | \"encoder\" | \"sentence-embeddings\"}})",
                     path.display()
                 );
             }
@@ -138,6 +145,23 @@ impl<B: Backend> ServedModel<B> {
                 .with_context(|| format!("cannot read {}", settings_file.display()))?,
         )
         .with_context(|| format!("{}: not a valid model.json", settings_file.display()))?;
+        if settings.task == Task::SentenceEmbeddings {
+            let pipeline = SentenceEmbeddings::from_folder(folder, device)?;
+            for notice in pipeline.notices() {
+                eprintln!("NOTE: {notice}");
+            }
+            let max_seq_length = settings.max_seq_length.min(pipeline.max_tokens());
+            return Ok(Self {
+                name,
+                settings: ModelSettings {
+                    max_seq_length,
+                    ..settings
+                },
+                config: pipeline.config().clone(),
+                tokenizer: pipeline.tokenizer().clone(),
+                model: TaskModel::SentenceEmbeddings(Box::new(pipeline)),
+            });
+        }
         let source = ModelArgs {
             model: Some(folder.to_path_buf()),
             init_checkpoint: None,
@@ -171,6 +195,7 @@ impl<B: Backend> ServedModel<B> {
                 source.load_into(&mut model, false)?;
                 TaskModel::Encoder(Box::new(model))
             }
+            Task::SentenceEmbeddings => unreachable!("loaded above"),
         };
         let settings = ModelSettings {
             max_seq_length: settings.max_seq_length.min(config.max_position_embeddings),
@@ -196,12 +221,15 @@ impl<B: Backend> ServedModel<B> {
                 "last_hidden_state",
                 vec![-1, self.config.hidden_size as i64],
             )],
+            TaskModel::SentenceEmbeddings(_) => {
+                vec![("sentence_embedding", vec![self.config.hidden_size as i64])]
+            }
         }
     }
 
     /// Runs a batch (already validated) and returns every output for the whole batch.
     pub fn infer(&self, batch: &TokenBatch, device: &B::Device) -> Result<Vec<HostOutput>> {
-        let input = batch.to_input::<B>(&self.config, device)?;
+        let input = || batch.to_input::<B>(&self.config, device);
         let host = |name: &'static str, shape: Vec<usize>, values: Vec<f32>| HostOutput {
             name,
             shape,
@@ -209,7 +237,7 @@ impl<B: Backend> ServedModel<B> {
         };
         Ok(match &self.model {
             TaskModel::QuestionAnswering(model) => {
-                let (start, end) = model.forward(input);
+                let (start, end) = model.forward(input()?);
                 let shape = start.dims().to_vec();
                 vec![
                     host("start_logits", shape.clone(), values(start)?),
@@ -217,11 +245,16 @@ impl<B: Backend> ServedModel<B> {
                 ]
             }
             TaskModel::SequenceClassification(model, _) => {
-                let logits = model.forward(input);
+                let logits = model.forward(input()?);
                 vec![host("logits", logits.dims().to_vec(), values(logits)?)]
             }
+            TaskModel::SentenceEmbeddings(pipeline) => {
+                let vectors = pipeline.embed_tokens(batch)?;
+                let shape = vec![vectors.len(), self.config.hidden_size];
+                vec![host("sentence_embedding", shape, vectors.concat())]
+            }
             TaskModel::Encoder(model) => {
-                let hidden = model.forward(input).last_hidden_state;
+                let hidden = model.forward(input()?).last_hidden_state;
                 vec![host(
                     "last_hidden_state",
                     hidden.dims().to_vec(),
