@@ -48,9 +48,13 @@ fn golden() -> Golden {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
-    let ab: f64 = dot(a, b);
-    ab / (dot(a, a) as f64).sqrt() / (dot(b, b) as f64).sqrt()
+    let dot = |x: &[f32], y: &[f32]| -> f64 {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| f64::from(*p) * f64::from(*q))
+            .sum()
+    };
+    dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt())
 }
 
 fn matches_sentence_transformers<B: Backend>(device: &B::Device) {
