@@ -268,6 +268,15 @@ pub enum PipelineError {
     /// A batch does not fit the model.
     #[error(transparent)]
     Input(#[from] InputError),
+    /// A question or a context is empty.
+    #[error("question {index}: the question and the context must not be empty")]
+    EmptyQuestionOrContext {
+        /// The pair's position in the list.
+        index: usize,
+    },
+    /// Answering failed.
+    #[error(transparent)]
+    Predict(#[from] crate::squad::PredictError),
     /// The backend failed to hand back a result.
     #[error("reading the result back from the backend failed: {0}")]
     Backend(String),

@@ -205,22 +205,13 @@ impl ModelBytes {
         .map_err(|source| tokenizer_error(Path::new(tokenizer_name), source))?;
         let (weights_name, weights_bytes) = &self.weights;
         let checkpoint = Checkpoint::from_bytes(weights_bytes.clone(), weights_name)?;
-        let config = checkpoint.fit_config(&config);
+        let (config, model, report) =
+            load_question_answering(&checkpoint, &config, need_head, device)?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(PretrainedError::VocabularyTooLarge {
                 path: tokenizer_name.clone(),
                 tokenizer: tokenizer.vocab_size(),
                 model: config.vocab_size,
-            });
-        }
-        let mut model = BertForQuestionAnswering::new(&config, device);
-        let report = checkpoint.load_into(&mut model)?;
-        report.require_encoder()?;
-        if need_head && !report.missing.is_empty() {
-            return Err(PretrainedError::NoTaskHead {
-                source_name: report.source.clone(),
-                head: "question-answering",
-                missing: report.missing.join(", "),
             });
         }
         Ok(QuestionAnsweringModel {
@@ -230,6 +221,29 @@ impl ModelBytes {
             report,
         })
     }
+}
+
+/// A [`BertForQuestionAnswering`] with `checkpoint`'s weights, its configuration fitted to them:
+/// the encoder must be complete; the `qa_outputs` head too when `need_head` (answering), else a
+/// missing head is freshly initialised (fine-tuning starts from a pretrained encoder).
+pub(crate) fn load_question_answering<B: Backend>(
+    checkpoint: &Checkpoint,
+    config: &BertConfig,
+    need_head: bool,
+    device: &B::Device,
+) -> Result<(BertConfig, BertForQuestionAnswering<B>, LoadReport), PretrainedError> {
+    let config = checkpoint.fit_config(config);
+    let mut model = BertForQuestionAnswering::new(&config, device);
+    let report = checkpoint.load_into(&mut model)?;
+    report.require_encoder()?;
+    if need_head && !report.missing.is_empty() {
+        return Err(PretrainedError::NoTaskHead {
+            source_name: report.source.clone(),
+            head: "question-answering",
+            missing: report.missing.join(", "),
+        });
+    }
+    Ok((config, model, report))
 }
 
 /// Reads and validates a configuration file (`config.json` / `bert_config.json` layout); errors

@@ -16,4 +16,5 @@ mod golden_forward_wgpu;
 mod golden_lamb;
 mod golden_squad;
 mod golden_tokenize;
+mod question_answering;
 mod sentence_embeddings;

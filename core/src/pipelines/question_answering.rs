@@ -1,0 +1,172 @@
+//! Extractive question answering over contexts of any length, as Hugging Face's
+//! `pipeline("question-answering")` and NVIDIA's `inference.py` do it: the context cut into
+//! overlapping windows, the best spans of every window scored, the n best answers returned with
+//! their probabilities and character offsets.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use futures_lite::future::block_on;
+
+use crate::config::BertConfig;
+use crate::error::PipelineError;
+use crate::model::BertForQuestionAnswering;
+use crate::pretrained::{load_question_answering, ModelBytes, ModelFiles};
+use crate::squad::data::{SquadArticle, SquadDataset, SquadParagraph, SquadQuestion};
+use crate::squad::{predict_dataset_async, Answer, AnswerConfig, FeatureConfig};
+use crate::tokenizer::BertTokenizer;
+
+/// Windows per forward pass.
+const WINDOWS_PER_BATCH: usize = 8;
+
+/// A question-answering model with its tokenizer and settings:
+/// `QuestionAnswering::from_folder(dir, &device)?`, then `answer(question, context)?`.
+pub struct QuestionAnswering<B: Backend> {
+    model: BertForQuestionAnswering<B>,
+    config: BertConfig,
+    tokenizer: BertTokenizer,
+    windows: FeatureConfig,
+    answers: AnswerConfig,
+    device: B::Device,
+}
+
+impl<B: Backend> QuestionAnswering<B> {
+    /// Loads a fine-tuned question-answering folder (config, weights with a `qa_outputs` span
+    /// head, tokenizer); an error naming the folder when the weights have no span head.
+    pub fn from_folder(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self, PipelineError> {
+        let files = ModelFiles::find(dir.as_ref(), None)?;
+        let tokenizer = files.read_tokenizer(None)?;
+        let checkpoint = files.read_checkpoint(&[] as &[PathBuf])?;
+        let (config, model, _) =
+            load_question_answering(&checkpoint, &files.read_config()?, true, device)?;
+        Ok(Self::new(model, config, tokenizer, device))
+    }
+
+    /// Loads the files of a question-answering model already in memory (a browser's downloads).
+    pub fn from_bytes(bytes: &ModelBytes, device: &B::Device) -> Result<Self, PipelineError> {
+        let loaded = bytes.question_answering::<B>(true, device)?;
+        Ok(Self::new(
+            loaded.model,
+            loaded.config,
+            loaded.tokenizer,
+            device,
+        ))
+    }
+
+    fn new(
+        model: BertForQuestionAnswering<B>,
+        config: BertConfig,
+        tokenizer: BertTokenizer,
+        device: &B::Device,
+    ) -> Self {
+        let windows = FeatureConfig {
+            max_seq_length: FeatureConfig::default()
+                .max_seq_length
+                .min(config.max_position_embeddings),
+            ..FeatureConfig::default()
+        };
+        Self {
+            model,
+            config,
+            tokenizer,
+            windows,
+            answers: AnswerConfig::default(),
+            device: device.clone(),
+        }
+    }
+
+    /// How long contexts are cut into windows (default: 384 tokens, stride 128, questions cut at
+    /// 64 tokens, as the reference's SQuAD settings).
+    pub fn with_windows(mut self, windows: FeatureConfig) -> Self {
+        self.windows = windows;
+        self
+    }
+
+    /// How many answers, and how long (default: the 20 best, at most 30 tokens).
+    pub fn with_answers(mut self, answers: AnswerConfig) -> Self {
+        self.answers = answers;
+        self
+    }
+
+    /// The best answers to `question` in `context` (any length), best first.
+    ///
+    /// Blocks until the device answers; in a browser on WebGPU use [`Self::answer_async`].
+    pub fn answer(&self, question: &str, context: &str) -> Result<Vec<Answer>, PipelineError> {
+        Ok(self.answer_all(&[(question, context)])?.remove(0))
+    }
+
+    /// [`Self::answer`] without blocking.
+    pub async fn answer_async(
+        &self,
+        question: &str,
+        context: &str,
+    ) -> Result<Vec<Answer>, PipelineError> {
+        Ok(self
+            .answer_all_async(&[(question, context)])
+            .await?
+            .remove(0))
+    }
+
+    /// The best answers to each `(question, context)` pair, in order; the windows of all of them
+    /// share forward passes.
+    pub fn answer_all<Q: AsRef<str>, C: AsRef<str>>(
+        &self,
+        pairs: &[(Q, C)],
+    ) -> Result<Vec<Vec<Answer>>, PipelineError> {
+        block_on(self.answer_all_async(pairs))
+    }
+
+    /// [`Self::answer_all`] without blocking.
+    pub async fn answer_all_async<Q: AsRef<str>, C: AsRef<str>>(
+        &self,
+        pairs: &[(Q, C)],
+    ) -> Result<Vec<Vec<Answer>>, PipelineError> {
+        if pairs.is_empty() {
+            return Err(PipelineError::NoTexts);
+        }
+        if let Some(index) = pairs
+            .iter()
+            .position(|(q, c)| q.as_ref().trim().is_empty() || c.as_ref().trim().is_empty())
+        {
+            return Err(PipelineError::EmptyQuestionOrContext { index });
+        }
+        let dataset = SquadDataset {
+            version: "1.1".into(),
+            data: vec![SquadArticle {
+                title: String::new(),
+                paragraphs: pairs
+                    .iter()
+                    .enumerate()
+                    .map(|(index, (question, context))| SquadParagraph {
+                        context: context.as_ref().to_string(),
+                        qas: vec![SquadQuestion {
+                            id: index.to_string(),
+                            question: question.as_ref().to_string(),
+                            answers: Vec::new(),
+                        }],
+                    })
+                    .collect(),
+            }],
+        };
+        let mut by_question: BTreeMap<String, Vec<Answer>> = predict_dataset_async(
+            &self.model,
+            &self.config,
+            &self.tokenizer,
+            &dataset,
+            &self.windows,
+            &self.answers,
+            WINDOWS_PER_BATCH,
+            &self.device,
+        )
+        .await?;
+        Ok((0..pairs.len())
+            .map(|index| by_question.remove(&index.to_string()).unwrap_or_default())
+            .collect())
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+}

@@ -1,0 +1,168 @@
+//! The question-answering pipeline on MiniLM with the fixtures' seeded span head: the same
+//! answers as the windowed SQuAD prediction it wraps (`QuestionAnswerer`, which the CLI and the
+//! server use), whatever the batching, from any thread; character offsets that point at the
+//! answer; and clear errors.
+
+use std::sync::Arc;
+
+use bert_core::checkpoint::to_safetensors;
+use bert_core::error::PipelineError;
+use bert_core::model::BertWithHeads;
+use bert_core::pipelines::QuestionAnswering;
+use bert_core::pretrained::{ModelBytes, ModelFiles};
+use bert_core::squad::{Answer, AnswerConfig, FeatureConfig, QuestionAnswerer};
+use bert_tests::{fixture, minilm_dir, TempDir};
+use burn::backend::flex::{Flex, FlexDevice};
+
+/// A model folder: MiniLM's encoder and tokenizer with the seeded span head.
+fn qa_folder() -> TempDir {
+    let dir = TempDir::new("qa-pipeline");
+    let minilm = minilm_dir();
+    let files = ModelFiles::find(&minilm, None).unwrap();
+    let checkpoint = files
+        .read_checkpoint(&[fixture("forward/weights/heads.safetensors")])
+        .unwrap();
+    let config = checkpoint.fit_config(&files.read_config().unwrap());
+    let mut model = BertWithHeads::<Flex>::new(&config, checkpoint.heads(), &FlexDevice);
+    checkpoint.load_into(&mut model).unwrap();
+    std::fs::write(
+        dir.path("model.safetensors"),
+        to_safetensors(&model).unwrap(),
+    )
+    .unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(minilm.join(file), dir.path(file)).unwrap();
+    }
+    dir
+}
+
+/// A context several 384-token windows long, and two questions about it.
+fn long_context() -> String {
+    (0..60)
+        .map(|i| {
+            format!(
+                "In {} the bridge number {i} over the Tamar river was rebuilt by the town of \
+                 Saltash, whose mayor then was Ann Cooper.",
+                1800 + 3 * i
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+const QUESTIONS: [&str; 2] = [
+    "When was the bridge rebuilt?",
+    "Who was the mayor of Saltash?",
+];
+
+fn same(a: &[Answer], b: &[Answer]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.text == y.text
+                && x.offsets == y.offsets
+                && x.start_logit == y.start_logit
+                && x.end_logit == y.end_logit
+        })
+}
+
+#[test]
+fn answers_as_the_windowed_prediction_does_with_offsets_into_the_context() {
+    let dir = qa_folder();
+    let pipeline = QuestionAnswering::<Flex>::from_folder(&dir.0, &FlexDevice).unwrap();
+    let context = long_context();
+    let answers = pipeline.answer(QUESTIONS[0], &context).unwrap();
+    assert!(answers.len() > 1);
+    for pair in answers.windows(2) {
+        assert!(pair[0].probability >= pair[1].probability, "best first");
+    }
+    for answer in &answers {
+        let (start, end) = answer.offsets.expect("offsets");
+        let span: String = context.chars().skip(start).take(end - start).collect();
+        assert_eq!(span, answer.text, "the offsets point at the answer");
+    }
+
+    // The same as QuestionAnswerer over the same files (loaded the browser's way).
+    let read = |name: &str| (name.to_string(), std::fs::read(dir.path(name)).unwrap());
+    let bytes = ModelBytes {
+        config: read("config.json"),
+        weights: read("model.safetensors"),
+        tokenizer: read("tokenizer.json"),
+    };
+    let loaded = bytes.question_answering::<Flex>(true, &FlexDevice).unwrap();
+    let answerer = QuestionAnswerer {
+        model: &loaded.model,
+        config: &loaded.config,
+        tokenizer: &loaded.tokenizer,
+        features: FeatureConfig::default(),
+        answers: AnswerConfig::default(),
+        device: &FlexDevice,
+    };
+    assert!(same(
+        &answers,
+        &answerer.answer(QUESTIONS[0], &context).unwrap()
+    ));
+    let from_bytes = QuestionAnswering::<Flex>::from_bytes(&bytes, &FlexDevice).unwrap();
+    assert!(same(
+        &answers,
+        &from_bytes.answer(QUESTIONS[0], &context).unwrap()
+    ));
+
+    // Several pairs at once: each as if alone.
+    let short = "The mayor of Saltash was Ann Cooper.";
+    let pairs = [
+        (QUESTIONS[0], context.as_str()),
+        (QUESTIONS[1], short),
+        (QUESTIONS[0], context.as_str()),
+    ];
+    let all = pipeline.answer_all(&pairs).unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(same(&all[0], &answers) && same(&all[2], &answers));
+    assert!(same(
+        &all[1],
+        &pipeline.answer(QUESTIONS[1], short).unwrap()
+    ));
+}
+
+#[test]
+fn one_pipeline_answers_from_several_threads() {
+    let dir = qa_folder();
+    let pipeline = Arc::new(QuestionAnswering::<Flex>::from_folder(&dir.0, &FlexDevice).unwrap());
+    let context = Arc::new(long_context());
+    let alone: Vec<Vec<Answer>> = QUESTIONS
+        .iter()
+        .map(|q| pipeline.answer(q, &context).unwrap())
+        .collect();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (pipeline, context) = (Arc::clone(&pipeline), Arc::clone(&context));
+            std::thread::spawn(move || pipeline.answer(QUESTIONS[t % 2], &context).unwrap())
+        })
+        .collect();
+    for (t, thread) in threads.into_iter().enumerate() {
+        assert!(same(&thread.join().unwrap(), &alone[t % 2]), "thread {t}");
+    }
+}
+
+#[test]
+fn bad_inputs_and_folders_get_clear_errors() {
+    // The encoder alone has no span head.
+    let error = QuestionAnswering::<Flex>::from_folder(minilm_dir(), &FlexDevice)
+        .err()
+        .unwrap();
+    let message = error.to_string();
+    assert!(message.contains("question-answering head"), "{message}");
+    let dir = qa_folder();
+    let pipeline = QuestionAnswering::<Flex>::from_folder(&dir.0, &FlexDevice).unwrap();
+    let none: &[(&str, &str)] = &[];
+    assert!(matches!(
+        pipeline.answer_all(none),
+        Err(PipelineError::NoTexts)
+    ));
+    let error = pipeline
+        .answer_all(&[("Who?", "Someone."), (" ", "A context.")])
+        .unwrap_err();
+    assert!(
+        matches!(error, PipelineError::EmptyQuestionOrContext { index: 1 }),
+        "{error}"
+    );
+}
