@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The project's test command (README "Run the tests"; CI's .ci/run calls exactly this). Installs
 # what the tests need, idempotently (system packages through scripts/install-deps.sh, the Rust
-# wasm32 target, clippy and rustfmt, the web tools), fetches the reference checkpoint and NVIDIA's
-# Triton client (for the serving interoperability test), then: formatting, lints with every backend
-# compiled in (CUDA included: the CUDA path must keep compiling on machines without a GPU), all
-# tests on the CPU (Flex and ndarray) and wgpu (lavapipe) backends, the wasm32 builds of bert-core and
-# bert-web, and the browser app end to end in headless Chromium (scripts/test-web.sh).
+# wasm32 target, clippy and rustfmt, the web tools), fetches the reference checkpoint and the
+# Triton and OpenAI Python clients (for the serving interoperability tests), then: formatting, lints
+# with every backend compiled in (CUDA included: the CUDA path must keep compiling on machines
+# without a GPU), all tests on the CPU (Flex and ndarray) and wgpu (lavapipe) backends, bert-core's
+# documentation, the wasm32 builds of bert-core and bert-web, and the browser app end to end in
+# headless Chromium (scripts/test-web.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,8 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --features bert-native/cuda,bert-native/wgpu -- -D warnings
 cargo check -p bert-native --features cuda
 cargo test --workspace
+# bert-core's documentation (the embedding API's front page) builds without a warning.
+RUSTDOCFLAGS="-D warnings" cargo doc -p bert-core --no-deps
 # The browser build's lints: bert-core as the page builds it (no PyTorch pickles) and bert-web, in
 # one invocation so that their dependencies are checked once.
 cargo clippy -p bert-core -p bert-web --target wasm32-unknown-unknown --no-default-features \

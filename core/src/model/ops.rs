@@ -1,7 +1,7 @@
 //! The encoder's operations that have fused kernels: LayerNorm (with the residual sum), GELU and
 //! multi-head attention. Each is written here in its plain form, a composition of burn
 //! operations that every backend runs and that the kernels are tested against; where the backend
-//! has a faster kernel (today burn's Flex CPU backend, [`super::cpu`]), that kernel runs instead,
+//! has a faster kernel (today burn's Flex CPU backend, `model::cpu`), that kernel runs instead,
 //! in inference and in training alike.
 
 use burn::module::{Module, Param};
