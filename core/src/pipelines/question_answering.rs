@@ -13,7 +13,7 @@ use crate::config::BertConfig;
 use crate::error::PipelineError;
 use crate::model::BertForQuestionAnswering;
 use crate::pretrained::{load_question_answering, ModelBytes, ModelFiles};
-use crate::squad::data::{SquadArticle, SquadDataset, SquadParagraph, SquadQuestion};
+use crate::squad::predict::questions_dataset;
 use crate::squad::{predict_dataset_async, Answer, AnswerConfig, FeatureConfig};
 use crate::tokenizer::BertTokenizer;
 
@@ -131,29 +131,11 @@ impl<B: Backend> QuestionAnswering<B> {
         {
             return Err(PipelineError::EmptyQuestionOrContext { index });
         }
-        let dataset = SquadDataset {
-            version: "1.1".into(),
-            data: vec![SquadArticle {
-                title: String::new(),
-                paragraphs: pairs
-                    .iter()
-                    .enumerate()
-                    .map(|(index, (question, context))| SquadParagraph {
-                        context: context.as_ref().to_string(),
-                        qas: vec![SquadQuestion {
-                            id: index.to_string(),
-                            question: question.as_ref().to_string(),
-                            answers: Vec::new(),
-                        }],
-                    })
-                    .collect(),
-            }],
-        };
         let mut by_question: BTreeMap<String, Vec<Answer>> = predict_dataset_async(
             &self.model,
             &self.config,
             &self.tokenizer,
-            &dataset,
+            &questions_dataset(pairs),
             &self.windows,
             &self.answers,
             WINDOWS_PER_BATCH,

@@ -183,31 +183,35 @@ impl<B: Backend> QuestionAnswerer<'_, B> {
             self.model,
             self.config,
             self.tokenizer,
-            &single_question(question, context),
+            &questions_dataset(&[(question, context)]),
             &self.features,
             &self.answers,
             8,
             self.device,
         )
         .await?;
-        Ok(by_question.remove("question").unwrap_or_default())
+        Ok(by_question.remove("0").unwrap_or_default())
     }
 }
 
-/// A dataset of one question about one context.
-fn single_question(question: &str, context: &str) -> SquadDataset {
+/// A dataset of one question about one context per pair, the pair's position as its id.
+pub(crate) fn questions_dataset<Q: AsRef<str>, C: AsRef<str>>(pairs: &[(Q, C)]) -> SquadDataset {
     SquadDataset {
         version: "1.1".into(),
         data: vec![SquadArticle {
             title: String::new(),
-            paragraphs: vec![SquadParagraph {
-                context: context.to_string(),
-                qas: vec![SquadQuestion {
-                    id: "question".into(),
-                    question: question.to_string(),
-                    answers: Vec::<SquadAnswer>::new(),
-                }],
-            }],
+            paragraphs: pairs
+                .iter()
+                .enumerate()
+                .map(|(index, (question, context))| SquadParagraph {
+                    context: context.as_ref().to_string(),
+                    qas: vec![SquadQuestion {
+                        id: index.to_string(),
+                        question: question.as_ref().to_string(),
+                        answers: Vec::<SquadAnswer>::new(),
+                    }],
+                })
+                .collect(),
         }],
     }
 }
