@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use bert_tests::{arg, assert_close, case_batch, fixture, minilm_dir, read_safetensors, TempDir};
+use bert_tests::{
+    arg, assert_close, case_batch, fixture, golden_embeddings, minilm_dir, read_safetensors,
+    GoldenEmbeddings, TempDir,
+};
 
 fn bert_native(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bert-native"))
@@ -426,33 +429,14 @@ fn a_backend_that_was_not_built_in_is_named() {
     assert!(stderr.contains("cuda"), "{stderr}");
 }
 
-/// The golden sentences (one per line) and sentence-transformers' embeddings of them.
-fn golden_sentences() -> (Vec<String>, Vec<Vec<f32>>) {
-    let path = fixture("embeddings/minilm_sentences.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let sentences = json["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
-    let embeddings = json["embeddings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            let row = row.as_array().unwrap();
-            row.iter().map(|x| x.as_f64().unwrap() as f32).collect()
-        })
-        .collect();
-    (sentences, embeddings)
-}
-
 #[test]
 fn embed_writes_sentence_transformers_vectors_in_every_format() {
     let tmp = TempDir::new("embed");
-    let (sentences, expected) = golden_sentences();
+    let GoldenEmbeddings {
+        sentences,
+        embeddings: expected,
+        ..
+    } = golden_embeddings();
     let input = tmp.path("texts.txt");
     std::fs::write(&input, sentences.join("\n") + "\n").unwrap();
     let model = minilm_dir();

@@ -15,7 +15,10 @@ use std::time::Duration;
 use bert_core::checkpoint::to_safetensors;
 use bert_core::model::BertWithHeads;
 use bert_core::pretrained::ModelFiles;
-use bert_tests::{arg, fixture, max_abs_diff, minilm_dir, read_safetensors, TempDir};
+use bert_tests::{
+    arg, fixture, golden_embeddings, max_abs_diff, minilm_dir, read_safetensors, GoldenEmbeddings,
+    TempDir,
+};
 use burn::backend::NdArray;
 use serde_json::{json, Value};
 
@@ -400,31 +403,10 @@ fn serves_like_encode_and_qa_batches_requests_and_speaks_to_the_triton_client() 
     assert_close("binary end_logits", &end_logits, &expected["end_logits"]);
 
     // NVIDIA's client library, unchanged.
-    let python = std::env::var_os("BERT_RS_TRITON_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap())
-                .join(".cache/bert-rs/triton-venv/bin/python")
-        });
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/setup-triton-client.sh",
-        python.display()
+    let report = python_client(
+        "triton_client.py",
+        &[&format!("127.0.0.1:{port}"), "qa", &json!(rows).to_string()],
     );
-    let client = Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/triton_client.py"
-        ))
-        .args([&format!("127.0.0.1:{port}"), "qa", &json!(rows).to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        client.status.success(),
-        "{}",
-        String::from_utf8_lossy(&client.stderr)
-    );
-    let report: Value = serde_json::from_slice(&client.stdout).unwrap();
     assert_eq!(report["live"], true);
     assert_eq!(report["model_ready"], true);
     assert_eq!(report["metadata"]["outputs"][1]["name"], "end_logits");
@@ -595,21 +577,6 @@ fn a_full_queue_answers_503_at_once_and_sigterm_finishes_requests_in_flight() {
     assert!(said.iter().any(|l| l == "stopped"), "{said:?}");
 }
 
-/// The golden sentences and sentence-transformers' embeddings of them.
-fn golden_sentences() -> (Vec<String>, Vec<Vec<f32>>) {
-    let json: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("embeddings/minilm_sentences.json")).unwrap(),
-    )
-    .unwrap();
-    let rows = |key: &str| json[key].as_array().unwrap().clone();
-    let sentences = rows("sentences")
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
-    let embeddings = rows("embeddings").iter().map(floats).collect();
-    (sentences, embeddings)
-}
-
 #[test]
 fn serves_sentence_embeddings_to_the_openai_client_as_the_cli_computes_them() {
     let tmp = TempDir::new("embeddings");
@@ -636,7 +603,11 @@ fn serves_sentence_embeddings_to_the_openai_client_as_the_cli_computes_them() {
         )
         .unwrap();
     }
-    let (sentences, expected) = golden_sentences();
+    let GoldenEmbeddings {
+        sentences,
+        embeddings: expected,
+        ..
+    } = golden_embeddings();
 
     // What the CLI writes for these texts.
     let texts_file = tmp.path("texts.txt");
@@ -751,31 +722,15 @@ fn serves_sentence_embeddings_to_the_openai_client_as_the_cli_computes_them() {
     );
 
     // OpenAI's own client, unchanged.
-    let python = std::env::var_os("BERT_RS_TRITON_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap())
-                .join(".cache/bert-rs/triton-venv/bin/python")
-        });
-    let client = Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/openai_client.py"
-        ))
-        .args([
+    let report = python_client(
+        "openai_client.py",
+        &[
             &format!("127.0.0.1:{port}"),
             "embedder",
             "minilm",
             &json!(sentences).to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        client.status.success(),
-        "{}",
-        String::from_utf8_lossy(&client.stderr)
+        ],
     );
-    let report: Value = serde_json::from_slice(&client.stdout).unwrap();
     for key in ["default", "float"] {
         for (i, (got, cli)) in report[key].as_array().unwrap().iter().zip(&cli).enumerate() {
             let (diff, _) = max_abs_diff(&floats(got), cli);
@@ -809,6 +764,37 @@ fn serves_sentence_embeddings_to_the_openai_client_as_the_cli_computes_them() {
         message.contains("minilm is not a sentence-embeddings model"),
         "{message}"
     );
+}
+
+/// Runs `tests/{script}` with `args` in the Python environment of the client libraries
+/// (scripts/setup-triton-client.sh) and returns the JSON object it prints.
+fn python_client(script: &str, args: &[&str]) -> Value {
+    let python = std::env::var_os("BERT_RS_TRITON_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap())
+                .join(".cache/bert-rs/triton-venv/bin/python")
+        });
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/setup-triton-client.sh",
+        python.display()
+    );
+    let client = Command::new(&python)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests")
+                .join(script),
+        )
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        client.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    serde_json::from_slice(&client.stdout).unwrap()
 }
 
 /// The tokens `/embed` reports for `texts`, summed.

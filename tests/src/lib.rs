@@ -175,6 +175,43 @@ impl Drop for TempDir {
     }
 }
 
+/// sentence-transformers' embeddings of the golden sentences (`fixtures/embeddings`, made by
+/// `scripts/make_embedding_fixtures.py`).
+pub struct GoldenEmbeddings {
+    /// The texts.
+    pub sentences: Vec<String>,
+    /// One vector per text.
+    pub embeddings: Vec<Vec<f32>>,
+    /// Each text's tokens before sentence-transformers cut it at `max_seq_length`.
+    pub tokens_before_truncation: Vec<usize>,
+    /// The model's limit in tokens.
+    pub max_seq_length: usize,
+}
+
+/// Reads [`GoldenEmbeddings`].
+pub fn golden_embeddings() -> GoldenEmbeddings {
+    let path = fixture("embeddings/minilm_sentences.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let list = |key: &str| json[key].as_array().unwrap().clone();
+    let floats = |row: &serde_json::Value| -> Vec<f32> {
+        let row = row.as_array().unwrap();
+        row.iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    };
+    GoldenEmbeddings {
+        sentences: list("sentences")
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect(),
+        embeddings: list("embeddings").iter().map(floats).collect(),
+        tokens_before_truncation: list("tokens_before_truncation")
+            .iter()
+            .map(|n| n.as_u64().unwrap() as usize)
+            .collect(),
+        max_seq_length: json["max_seq_length"].as_u64().unwrap() as usize,
+    }
+}
+
 /// A path as a command-line argument (test paths are UTF-8).
 pub fn arg(path: &Path) -> &str {
     path.to_str().unwrap()

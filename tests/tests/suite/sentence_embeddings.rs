@@ -7,45 +7,10 @@ use std::sync::Arc;
 
 use bert_core::error::PipelineError;
 use bert_core::pipelines::{Pooling, PoolingMode, SentenceEmbeddings, Truncation};
-use bert_tests::TempDir;
+use bert_tests::{golden_embeddings, TempDir};
 use burn::backend::flex::{Flex, FlexDevice};
 use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
-
-struct Golden {
-    sentences: Vec<String>,
-    embeddings: Vec<Vec<f32>>,
-    tokens_before_truncation: Vec<usize>,
-    max_seq_length: usize,
-}
-
-fn golden() -> Golden {
-    let path = bert_tests::fixture("embeddings/minilm_sentences.json");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let list = |key: &str| json[key].as_array().unwrap().clone();
-    Golden {
-        sentences: list("sentences")
-            .iter()
-            .map(|s| s.as_str().unwrap().to_string())
-            .collect(),
-        embeddings: list("embeddings")
-            .iter()
-            .map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect(),
-        tokens_before_truncation: list("tokens_before_truncation")
-            .iter()
-            .map(|n| n.as_u64().unwrap() as usize)
-            .collect(),
-        max_seq_length: json["max_seq_length"].as_u64().unwrap() as usize,
-    }
-}
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot = |x: &[f32], y: &[f32]| -> f64 {
@@ -58,7 +23,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn matches_sentence_transformers<B: Backend>(device: &B::Device) {
-    let golden = golden();
+    let golden = golden_embeddings();
     // A batch size that splits the texts unevenly, so padding and the restored order matter.
     let pipeline = SentenceEmbeddings::<B>::from_folder(bert_tests::minilm_dir(), device)
         .unwrap()
@@ -112,7 +77,7 @@ fn sentence_embeddings_match_sentence_transformers_on_ndarray() {
 
 #[test]
 fn one_pipeline_serves_eight_threads_at_once() {
-    let golden = golden();
+    let golden = golden_embeddings();
     let pipeline = Arc::new(
         SentenceEmbeddings::<Flex>::from_folder(bert_tests::minilm_dir(), &FlexDevice).unwrap(),
     );
@@ -141,7 +106,7 @@ fn one_pipeline_serves_eight_threads_at_once() {
 
 #[test]
 fn bad_inputs_get_clear_errors() {
-    let golden = golden();
+    let golden = golden_embeddings();
     let pipeline = SentenceEmbeddings::<Flex>::from_folder(bert_tests::minilm_dir(), &FlexDevice)
         .unwrap()
         .with_truncation(Truncation::Refuse);
@@ -188,7 +153,7 @@ fn bare_folder(name: &str, pooling_config: Option<&str>) -> TempDir {
 
 #[test]
 fn a_folder_without_pooling_files_pools_the_mean_and_says_so() {
-    let golden = golden();
+    let golden = golden_embeddings();
     let dir = bare_folder("no-pooling", None);
     let pipeline = SentenceEmbeddings::<Flex>::from_folder(&dir.0, &FlexDevice).unwrap();
     assert_eq!(pipeline.pooling(), &Pooling::MEAN);
