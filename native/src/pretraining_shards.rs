@@ -200,12 +200,7 @@ fn load(path: &Path, expectation: ShardExpectation) -> Result<ShardArrays> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(relative: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures")
-            .join(relative)
-    }
+    use bert_tests::fixture;
 
     const EXPECT: ShardExpectation = ShardExpectation {
         max_seq_length: 128,

@@ -155,13 +155,7 @@ pub fn read_valid_shard(path: &Path, vocab_size: usize) -> Result<ShardArrays> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn fixture(relative: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures")
-            .join(relative)
-    }
+    use bert_tests::fixture;
 
     fn contents(name: &str) -> serde_json::Value {
         let text = std::fs::read_to_string(fixture(&format!("hdf5/{name}.contents.json"))).unwrap();

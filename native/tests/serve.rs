@@ -782,8 +782,8 @@ fn python_client(script: &str, args: &[&str]) -> Value {
     );
     let client = Command::new(&python)
         .arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests")
+            bert_tests::workspace_root()
+                .join("native/tests")
                 .join(script),
         )
         .args(args)

@@ -12,11 +12,23 @@ use bert_core::BertConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+/// The workspace's folder, found when the test runs: cargo sets `CARGO_MANIFEST_DIR` to the
+/// running package's folder, a direct child of the workspace. The value compiled in would name
+/// the checkout the binary was built in, which a target folder shared between checkouts (as
+/// `.ci/run`'s) reuses elsewhere.
+pub fn workspace_root() -> PathBuf {
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    package
+        .parent()
+        .expect("a package folder is inside the workspace")
+        .to_path_buf()
+}
+
 /// A file under `tests/fixtures`.
 pub fn fixture(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(relative)
+    workspace_root().join("tests/fixtures").join(relative)
 }
 
 /// The all-MiniLM-L6-v2 folder fetched by `scripts/fetch-test-model.sh`.

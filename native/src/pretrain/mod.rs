@@ -545,13 +545,8 @@ fn progress_bar(start: u64, total: u64, disabled: bool) -> ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bert_tests::fixture;
     use burn::backend::NdArray;
-
-    fn fixture(relative: &str) -> PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures")
-            .join(relative)
-    }
 
     /// The reference trajectory (see `tests/pretrain.rs`) with the same code in float64: the
     /// manifest's strict float32 tolerances hold with room to spare, so any larger float32
