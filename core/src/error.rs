@@ -249,9 +249,25 @@ pub enum PipelineError {
         /// What is wrong with it.
         problem: String,
     },
+    /// A file of the model folder is invalid for this task.
+    #[error("{path}: {problem}")]
+    ModelFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The call was given no text.
     #[error("no texts given: the list is empty")]
     NoTexts,
+    /// A fill-mask input has no `[MASK]` token (or none left after cutting it to fit).
+    #[error("text {index} has no [MASK] token within the model's {limit} tokens: mark what to fill with [MASK]")]
+    NoMask {
+        /// Its position in the list.
+        index: usize,
+        /// The most tokens the model takes.
+        limit: usize,
+    },
     /// A text is longer than the model takes and truncation is refused.
     #[error("text {index} has {tokens} tokens, more than the model's {limit}: shorten it or allow truncation")]
     TextTooLong {

@@ -102,6 +102,7 @@ pub struct BertTokenizer {
     cls_id: u32,
     sep_id: u32,
     pad_id: u32,
+    mask_id: u32,
 }
 
 impl BertTokenizer {
@@ -217,6 +218,7 @@ impl BertTokenizer {
             cls_id: id(&inner, "[CLS]")?,
             sep_id: id(&inner, "[SEP]")?,
             pad_id: id(&inner, "[PAD]")?,
+            mask_id: id(&inner, "[MASK]")?,
             inner,
             lower_case,
         })
@@ -235,6 +237,11 @@ impl BertTokenizer {
     /// The id of a token, if the vocabulary has it.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
+    }
+
+    /// The id of `[MASK]` (every BERT vocabulary has one).
+    pub fn mask_id(&self) -> u32 {
+        self.mask_id
     }
 
     /// The token of an id, if the vocabulary has it.

@@ -187,6 +187,42 @@ impl Drop for TempDir {
     }
 }
 
+/// A model folder for a pipeline test, `name`d for it (tests run at once, and each maps its
+/// weights): MiniLM's encoder and tokenizer with the heads of the `heads` checkpoints, and its
+/// `config.json` with `config_fields` added (e.g. `id2label`).
+pub fn minilm_with_heads(
+    name: &str,
+    heads: &[PathBuf],
+    config_fields: serde_json::Value,
+) -> TempDir {
+    use bert_core::checkpoint::to_safetensors;
+    use bert_core::model::BertWithHeads;
+    use bert_core::pretrained::ModelFiles;
+    use burn::backend::flex::{Flex, FlexDevice};
+
+    let dir = TempDir::new(name);
+    let minilm = minilm_dir();
+    let files = ModelFiles::find(&minilm, None).unwrap();
+    let checkpoint = files.read_checkpoint(heads).unwrap();
+    let config = checkpoint.fit_config(&files.read_config().unwrap());
+    let mut model = BertWithHeads::<Flex>::new(&config, checkpoint.heads(), &FlexDevice);
+    checkpoint.load_into(&mut model).unwrap();
+    std::fs::write(
+        dir.path("model.safetensors"),
+        to_safetensors(&model).unwrap(),
+    )
+    .unwrap();
+    let mut config_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(minilm.join("config.json")).unwrap())
+            .unwrap();
+    if let serde_json::Value::Object(fields) = config_fields {
+        config_json.as_object_mut().unwrap().extend(fields);
+    }
+    std::fs::write(dir.path("config.json"), config_json.to_string()).unwrap();
+    std::fs::copy(minilm.join("tokenizer.json"), dir.path("tokenizer.json")).unwrap();
+    dir
+}
+
 /// sentence-transformers' embeddings of the golden sentences (`fixtures/embeddings`, made by
 /// `scripts/make_embedding_fixtures.py`).
 pub struct GoldenEmbeddings {

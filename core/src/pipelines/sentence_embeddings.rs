@@ -14,6 +14,8 @@ use crate::model::{BertModel, TokenBatch};
 use crate::pretrained::{load_model, ModelFiles};
 use crate::tokenizer::{BertTokenizer, Encoding};
 
+use super::encoding::{batches_by_length, encode_inputs, token_batch, Encoded, Truncation};
+
 /// Texts per forward pass unless set ([`SentenceEmbeddings::with_batch_size`]), as
 /// sentence-transformers' default.
 const DEFAULT_BATCH_SIZE: usize = 32;
@@ -216,16 +218,6 @@ fn parse<T: for<'de> Deserialize<'de>>(path: &Path, text: &str) -> Result<T, Pip
     })
 }
 
-/// What to do with a text longer than the model takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Truncation {
-    /// Cut it at the limit, as sentence-transformers does (the default); the result lists it.
-    #[default]
-    Cut,
-    /// Refuse the whole call with an error naming the text.
-    Refuse,
-}
-
 /// The embeddings of a batch of texts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embeddings {
@@ -313,36 +305,15 @@ impl<B: Backend> SentenceEmbeddings<B> {
     /// The embedding of every text, in order. An empty list is an error; an empty text is not
     /// (it embeds `[CLS] [SEP]`).
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Embeddings, PipelineError> {
-        if texts.is_empty() {
-            return Err(PipelineError::NoTexts);
-        }
-        let limit = self.max_tokens();
-        let mut truncated = Vec::new();
-        let mut encodings = Vec::with_capacity(texts.len());
-        for (index, text) in texts.iter().enumerate() {
-            let whole = self.tokenizer.encode(text.as_ref(), None, None)?;
-            if whole.len() <= limit {
-                encodings.push(whole);
-                continue;
-            }
-            if self.truncation == Truncation::Refuse {
-                return Err(PipelineError::TextTooLong {
-                    index,
-                    tokens: whole.len(),
-                    limit,
-                });
-            }
-            truncated.push(index);
-            encodings.push(self.tokenizer.encode(text.as_ref(), None, Some(limit))?);
-        }
+        let inputs: Vec<(&str, Option<&str>)> = texts.iter().map(|t| (t.as_ref(), None)).collect();
+        let Encoded {
+            encodings,
+            truncated,
+        } = encode_inputs(&self.tokenizer, &inputs, self.max_tokens(), self.truncation)?;
         let tokens = encodings.iter().map(Encoding::len).collect();
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&index| encodings[index].len());
         let mut vectors = vec![Vec::new(); texts.len()];
-        for batch in order.chunks(self.batch_size) {
-            let batch_encodings: Vec<Encoding> =
-                batch.iter().map(|&i| encodings[i].clone()).collect();
-            let token_batch = self.tokenizer.batch(&batch_encodings, None);
+        for batch in batches_by_length(&encodings, self.batch_size) {
+            let token_batch = token_batch(&self.tokenizer, &encodings, &batch);
             for (&index, vector) in batch.iter().zip(self.embed_tokens(&token_batch)?) {
                 vectors[index] = vector;
             }

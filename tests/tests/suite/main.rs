@@ -8,6 +8,7 @@
 
 mod checkpoints;
 mod data_parallel_wgpu;
+mod fill_mask;
 mod flash_attention_wgpu;
 mod fused_lamb_wgpu;
 mod golden_forward;
@@ -18,3 +19,4 @@ mod golden_squad;
 mod golden_tokenize;
 mod question_answering;
 mod sentence_embeddings;
+mod sequence_classification;

@@ -5,36 +5,21 @@
 
 use std::sync::Arc;
 
-use bert_core::checkpoint::to_safetensors;
 use bert_core::error::PipelineError;
-use bert_core::model::BertWithHeads;
 use bert_core::pipelines::QuestionAnswering;
-use bert_core::pretrained::{ModelBytes, ModelFiles};
+use bert_core::pretrained::ModelBytes;
 use bert_core::squad::{Answer, AnswerConfig, FeatureConfig, QuestionAnswerer};
-use bert_tests::{fixture, minilm_dir, TempDir};
+use bert_tests::{fixture, minilm_dir, minilm_with_heads, TempDir};
 use burn::backend::flex::{Flex, FlexDevice};
 
-/// A model folder, `name`d for its test (tests run at once, and each maps its weights): MiniLM's
-/// encoder and tokenizer with the seeded span head.
+/// A model folder, `name`d for its test: MiniLM's encoder and tokenizer with the seeded span
+/// head.
 fn qa_folder(name: &str) -> TempDir {
-    let dir = TempDir::new(name);
-    let minilm = minilm_dir();
-    let files = ModelFiles::find(&minilm, None).unwrap();
-    let checkpoint = files
-        .read_checkpoint(&[fixture("forward/weights/heads.safetensors")])
-        .unwrap();
-    let config = checkpoint.fit_config(&files.read_config().unwrap());
-    let mut model = BertWithHeads::<Flex>::new(&config, checkpoint.heads(), &FlexDevice);
-    checkpoint.load_into(&mut model).unwrap();
-    std::fs::write(
-        dir.path("model.safetensors"),
-        to_safetensors(&model).unwrap(),
+    minilm_with_heads(
+        name,
+        &[fixture("forward/weights/heads.safetensors")],
+        serde_json::json!({}),
     )
-    .unwrap();
-    for file in ["config.json", "tokenizer.json"] {
-        std::fs::copy(minilm.join(file), dir.path(file)).unwrap();
-    }
-    dir
 }
 
 /// A context of several 384-token windows (about 750 tokens), and two questions about it.
