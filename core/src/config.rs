@@ -133,10 +133,30 @@ impl BertConfig {
 
     /// The Hugging Face `config.json` for this configuration, so `transformers` loads what we save.
     pub fn to_hf_json(&self, architecture: &str) -> String {
+        self.to_hf_json_with_labels(architecture, &[])
+    }
+
+    /// [`Self::to_hf_json`] naming a classifier's classes (`id2label` and `label2id`, as Hugging
+    /// Face writes them; read back by the text-classification pipeline). No names, no fields.
+    pub fn to_hf_json_with_labels(&self, architecture: &str, labels: &[&str]) -> String {
         let mut value = serde_json::to_value(self).expect("BertConfig serializes to JSON");
         let object = value.as_object_mut().expect("BertConfig is a JSON object");
         object.insert("model_type".into(), "bert".into());
         object.insert("architectures".into(), serde_json::json!([architecture]));
+        if !labels.is_empty() {
+            let id2label: serde_json::Map<String, serde_json::Value> = labels
+                .iter()
+                .enumerate()
+                .map(|(id, label)| (id.to_string(), (*label).into()))
+                .collect();
+            let label2id: serde_json::Map<String, serde_json::Value> = labels
+                .iter()
+                .enumerate()
+                .map(|(id, label)| (label.to_string(), id.into()))
+                .collect();
+            object.insert("id2label".into(), id2label.into());
+            object.insert("label2id".into(), label2id.into());
+        }
         serde_json::to_string_pretty(&value).expect("JSON value serializes")
     }
 

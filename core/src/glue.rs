@@ -47,7 +47,15 @@ pub struct GlueFormatError {
 impl GlueTask {
     /// Number of classes.
     pub fn num_labels(self) -> usize {
-        2
+        self.labels().len()
+    }
+
+    /// The classes' names by label (written as the saved model's `id2label`).
+    pub fn labels(self) -> [&'static str; 2] {
+        match self {
+            GlueTask::Mrpc => ["not_equivalent", "equivalent"],
+            GlueTask::Sst2 => ["negative", "positive"],
+        }
     }
 
     /// Parses a GLUE TSV file (train, dev or test; the header row is skipped). MRPC:

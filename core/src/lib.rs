@@ -45,6 +45,20 @@
 //! # Ok::<(), bert_core::error::PipelineError>(())
 //! ```
 //!
+//! The other pipelines read as briefly: [`pipelines::QuestionAnswering`] (`answer(question,
+//! context)`), [`pipelines::SequenceClassification`] (`classify(&texts)`, classes named by
+//! `id2label`) and [`pipelines::FillMask`]:
+//!
+//! ```no_run
+//! use bert_core::pipelines::FillMask;
+//! use burn::backend::flex::{Flex, FlexDevice};
+//!
+//! let model = FillMask::<Flex>::from_folder("bert-base-uncased", &FlexDevice)?;
+//! let best = &model.fill(&["Paris is the [MASK] of France."])?.fillers[0][0][0];
+//! println!("{} ({:.2})", best.sequence, best.score);
+//! # Ok::<(), bert_core::error::PipelineError>(())
+//! ```
+//!
 //! A real checkpoint is loaded with [`pretrained::ModelFiles`] and [`pretrained::load_model`], or
 //! with [`checkpoint::Checkpoint`] into any of the [`model`] types.
 

@@ -334,6 +334,23 @@ fn glue_sst2_fine_tuning_beats_chance_and_mrpc_runs() {
     assert!(scores["accuracy"].as_f64().unwrap() >= 0.85, "{scores}");
     let predictions = std::fs::read_to_string(out.join("predictions.tsv")).unwrap();
     assert_eq!(predictions, "index\tprediction\n0\t1\n1\t0\n");
+    // The saved folder names its classes: the text-classification pipeline agrees with the
+    // predictions, in words.
+    let classifier =
+        bert_core::pipelines::SequenceClassification::<burn::backend::NdArray>::from_folder(
+            &out,
+            &Default::default(),
+        )
+        .unwrap();
+    assert_eq!(classifier.labels(), ["negative", "positive"]);
+    let classes = classifier
+        .classify(&["a superb film .", "a dreadful film ."])
+        .unwrap()
+        .scores;
+    assert_eq!(
+        [classes[0][0].label.as_str(), classes[1][0].label.as_str()],
+        ["positive", "negative"]
+    );
 
     let mrpc = tmp.0.join("MRPC");
     std::fs::create_dir_all(&mrpc).unwrap();

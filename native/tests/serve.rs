@@ -2,7 +2,8 @@
 //! to `bert-native encode` (JSON and binary tensors, dynamic batching of concurrent requests), the
 //! text question-answering endpoint equal to `bert-native qa`, NVIDIA's own `tritonclient`,
 //! sentence embeddings equal to `bert-native embed` (ours and OpenAI's endpoint, through the
-//! `openai` client), bad input, a full queue, and SIGTERM with a request in flight.
+//! `openai` client), text classification equal to bert-core's pipeline, bad input, a full queue,
+//! and SIGTERM with a request in flight.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use bert_core::checkpoint::to_safetensors;
 use bert_core::model::BertWithHeads;
+use bert_core::pipelines::SequenceClassification;
 use bert_core::pretrained::ModelFiles;
 use bert_tests::{
     arg, fixture, golden_embeddings, max_abs_diff, minilm_dir, read_safetensors, GoldenEmbeddings,
@@ -461,6 +463,56 @@ fn serves_like_encode_and_qa_batches_requests_and_speaks_to_the_triton_client() 
         assert_eq!(served[key], cli[key], "{key}: {served} vs {cli}");
     }
     assert_eq!(served["n_best"].as_array().unwrap().len(), 3);
+
+    // Text classification: the pipeline's classes (bert-core's SequenceClassification, tested
+    // against Hugging Face's), for texts and pairs, concurrent requests batched together.
+    let pipeline =
+        SequenceClassification::<NdArray>::from_folder(&with_heads, &Default::default()).unwrap();
+    let texts = [
+        "A fine day.",
+        "The river rose over the old stone bridge at dawn.",
+    ];
+    let pairs = [
+        ("He left.", "He went away."),
+        ("Rain.", "The sun is out today."),
+    ];
+    let expected = [
+        pipeline.classify(&texts).unwrap().scores,
+        pipeline.classify_pairs(&pairs).unwrap().scores,
+    ];
+    let bodies = [json!({ "texts": texts }), json!({ "pairs": pairs })];
+    let replies: Vec<Reply> = std::thread::scope(|scope| {
+        let threads: Vec<_> = bodies
+            .iter()
+            .map(|body| scope.spawn(move || post_json(port, "/v2/models/sentiment/classify", body)))
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for (reply, expected) in replies.iter().zip(&expected) {
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let results = reply.json()["results"].clone();
+        for (served, expected) in results.as_array().unwrap().iter().zip(expected) {
+            for (class, expected) in served.as_array().unwrap().iter().zip(expected) {
+                assert_eq!(class["label"], expected.label.as_str());
+                assert_eq!(class["index"], expected.index);
+                let score = class["score"].as_f64().unwrap() as f32;
+                assert!(
+                    (score - expected.score).abs() < 1e-5,
+                    "{class} vs {expected:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(expected[0][0].len(), 2);
+    assert!(
+        expected[0][0].iter().any(|c| c.label == "LABEL_1"),
+        "no id2label: HF's names"
+    );
 }
 
 #[test]
@@ -481,6 +533,10 @@ fn bad_requests_get_a_400_naming_the_problem_and_the_worker_lives_on() {
         ("/v2/models/minilm/infer", ids(json!([]), json!([0, 0]), "INT64").to_string().into_bytes(), "at least 1"),
         ("/v2/models/qa/qa", json!({"question": "Who?"}).to_string().into_bytes(), "context"),
         ("/v2/models/minilm/qa", json!({"question": "Who?", "context": "Kalor."}).to_string().into_bytes(), "encoder"),
+        ("/v2/models/qa/classify", json!({"texts": ["Kalor."]}).to_string().into_bytes(), "not sequence-classification"),
+        ("/v2/models/sentiment/classify", json!({"texts": []}).to_string().into_bytes(), "non-empty list"),
+        ("/v2/models/sentiment/classify", json!({"texts": ["a"], "pairs": [["a", "b"]]}).to_string().into_bytes(), "not both"),
+        ("/v2/models/sentiment/classify", json!({"pairs": [["a"]]}).to_string().into_bytes(), "expected"),
     ];
     for (path, body, expected) in cases {
         let reply = http(port, "POST", path, &[], &body);

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::config::BertConfig;
 use crate::error::{PipelineError, PretrainedError};
-use crate::model::BertForSequenceClassification;
+use crate::model::{BertForSequenceClassification, TokenBatch};
 use crate::pretrained::{load_model, ModelFiles};
 use crate::tokenizer::BertTokenizer;
 
@@ -140,7 +140,7 @@ impl<B: Backend> SequenceClassification<B> {
     ) -> Result<Classifications, PipelineError> {
         let inputs: Vec<(&str, Option<&str>)> =
             texts.iter().map(|text| (text.as_ref(), None)).collect();
-        self.classify_inputs(&inputs).await
+        self.classify_inputs_async(&inputs).await
     }
 
     /// The classes of every pair of texts (`[CLS] a [SEP] b [SEP]`: paraphrase, entailment), in
@@ -161,10 +161,20 @@ impl<B: Backend> SequenceClassification<B> {
             .iter()
             .map(|(a, b)| (a.as_ref(), Some(b.as_ref())))
             .collect();
-        self.classify_inputs(&inputs).await
+        self.classify_inputs_async(&inputs).await
     }
 
-    async fn classify_inputs(
+    /// The classes of texts and pairs mixed (`(a, None)`: a text; `(a, Some(b))`: a pair), in
+    /// order.
+    pub fn classify_inputs(
+        &self,
+        inputs: &[(&str, Option<&str>)],
+    ) -> Result<Classifications, PipelineError> {
+        block_on(self.classify_inputs_async(inputs))
+    }
+
+    /// [`Self::classify_inputs`] without blocking.
+    pub async fn classify_inputs_async(
         &self,
         inputs: &[(&str, Option<&str>)],
     ) -> Result<Classifications, PipelineError> {
@@ -175,14 +185,29 @@ impl<B: Backend> SequenceClassification<B> {
         } = encode_inputs(&self.tokenizer, inputs, limit, self.truncation)?;
         let mut scores = vec![Vec::new(); inputs.len()];
         for batch in batches_by_length(&encodings, self.batch_size) {
-            let input = token_batch(&self.tokenizer, &encodings, &batch)
-                .to_input::<B>(&self.config, &self.device)?;
-            let logits = read_back(self.model.forward(input)).await?;
-            for (&index, row) in batch.iter().zip(logits.chunks_exact(self.labels.len())) {
-                scores[index] = self.ranked(row);
+            let logits = self
+                .logits_async(&token_batch(&self.tokenizer, &encodings, &batch))
+                .await?;
+            for (&index, row) in batch.iter().zip(logits) {
+                scores[index] = self.ranked(&row);
             }
         }
         Ok(Classifications { scores, truncated })
+    }
+
+    /// The class logits of every row of an already tokenized batch: one forward pass.
+    pub fn logits(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, PipelineError> {
+        block_on(self.logits_async(batch))
+    }
+
+    /// [`Self::logits`] without blocking.
+    pub async fn logits_async(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, PipelineError> {
+        let input = batch.to_input::<B>(&self.config, &self.device)?;
+        let logits = read_back(self.model.forward(input)).await?;
+        Ok(logits
+            .chunks_exact(self.labels.len())
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 
     /// One input's logits as named probabilities, best first (ties keep the class order).
@@ -204,6 +229,11 @@ impl<B: Backend> SequenceClassification<B> {
     /// The model's configuration.
     pub fn config(&self) -> &BertConfig {
         &self.config
+    }
+
+    /// The tokenizer texts go through.
+    pub fn tokenizer(&self) -> &BertTokenizer {
+        &self.tokenizer
     }
 }
 

@@ -181,7 +181,12 @@ impl Job for GlueJob {
             if ranks.rank() != 0 {
                 return Ok(());
             }
-            source.save_model(&model, &args.output_dir, "BertForSequenceClassification")?;
+            source.save_model(
+                &model,
+                &args.output_dir,
+                "BertForSequenceClassification",
+                &task.labels(),
+            )?;
             model.valid()
         } else if ranks.rank() != 0 {
             return Ok(());

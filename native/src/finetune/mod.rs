@@ -152,12 +152,13 @@ impl ModelSource {
     }
 
     /// Writes a fine-tuned model as a folder every command loads: weights with Hugging Face
-    /// names, `config.json` and the vocabulary.
+    /// names, `config.json` (naming a classifier's `labels`, if any) and the vocabulary.
     pub fn save_model<B: Backend, M: Module<B>>(
         &self,
         model: &M,
         dir: &Path,
         architecture: &str,
+        labels: &[&str],
     ) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let weights = dir.join("model.safetensors");
@@ -165,7 +166,9 @@ impl ModelSource {
             .with_context(|| format!("cannot write {}", weights.display()))?;
         bert_core::io::write_atomic(
             &dir.join("config.json"),
-            self.config.to_hf_json(architecture).as_bytes(),
+            self.config
+                .to_hf_json_with_labels(architecture, labels)
+                .as_bytes(),
         )?;
         if let Some(vocab) = &self.vocab_file {
             let target = dir.join("vocab.txt");

@@ -246,7 +246,7 @@ impl Job for SquadJob {
             if ranks.rank() != 0 {
                 return Ok(());
             }
-            source.save_model(&model, &output_dir, "BertForQuestionAnswering")?;
+            source.save_model(&model, &output_dir, "BertForQuestionAnswering", &[])?;
             eprintln!(
                 "trained {} steps (loss {:.4}); model in {}",
                 summary.steps,

@@ -1,15 +1,17 @@
 //! Dynamic batching: requests for one model wait in a bounded queue; its worker thread gathers
 //! them up to `max_batch_size` rows or `max_queue_delay`, pads them to the longest sequence, runs
-//! the model once and hands each request its own rows back (texts to embed are gathered the same
-//! way, up to `max_batch_size` texts). Requests whose client went away are dropped before they
+//! the model once and hands each request its own rows back (texts to embed or classify are
+//! gathered the same way, up to `max_batch_size` texts). Requests whose client went away are dropped before they
 //! take a place in a batch.
 
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use bert_core::model::TokenBatch;
+use bert_core::pipelines::{Classifications, Embeddings};
 use bert_core::squad::{Answer, AnswerConfig, FeatureConfig, QuestionAnswerer};
 use burn::tensor::backend::Backend;
 use tokio::sync::oneshot;
@@ -27,16 +29,17 @@ pub enum Work {
         /// Where the outputs (this request's rows only) go.
         reply: oneshot::Sender<Result<Vec<HostOutput>, String>>,
     },
-    /// Answer a question about a text (question-answering models; run on its own).
-    /// Embed texts (sentence-embeddings models; batched with other embedding requests).
-    Embed {
-        /// The texts, at least one.
-        texts: Vec<String>,
+    /// Run texts through the model's pipeline: embed them (sentence-embeddings models) or
+    /// classify them (sequence-classification models); batched with other such requests.
+    Texts {
+        /// The texts, at least one: `(a, None)` a text, `(a, Some(b))` a pair.
+        inputs: Vec<(String, Option<String>)>,
         /// When the request was queued.
         queued: Instant,
-        /// Where the embeddings go.
-        reply: oneshot::Sender<Result<EmbedOutput, String>>,
+        /// Where the results go.
+        reply: oneshot::Sender<Result<TextOutput, String>>,
     },
+    /// Answer a question about a text (question-answering models; run on its own).
     Answer {
         /// The question.
         question: String,
@@ -56,7 +59,7 @@ impl Work {
         match self {
             Work::Infer { reply, .. } => reply.is_closed(),
             Work::Answer { reply, .. } => reply.is_closed(),
-            Work::Embed { reply, .. } => reply.is_closed(),
+            Work::Texts { reply, .. } => reply.is_closed(),
         }
     }
 
@@ -64,30 +67,51 @@ impl Work {
         match self {
             Work::Infer { queued, .. }
             | Work::Answer { queued, .. }
-            | Work::Embed { queued, .. } => *queued,
+            | Work::Texts { queued, .. } => *queued,
         }
     }
 
-    /// Whether `other` can join a batch this work opened: token rows with token rows, texts to
-    /// embed with texts to embed.
+    /// Whether `other` can join a batch this work opened: token rows with token rows, texts
+    /// with texts.
     fn batches_with(&self, other: &Work) -> bool {
         matches!(
             (self, other),
-            (Work::Infer { .. }, Work::Infer { .. }) | (Work::Embed { .. }, Work::Embed { .. })
+            (Work::Infer { .. }, Work::Infer { .. }) | (Work::Texts { .. }, Work::Texts { .. })
         )
     }
 }
 
-/// What an embedding request gets back: per text its vector and its tokens, and which texts were
-/// cut to fit the model.
+/// What a text request gets back: its pipeline's results for its own texts.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EmbedOutput {
-    /// One vector per text, in order.
-    pub vectors: Vec<Vec<f32>>,
-    /// The tokens each text was embedded with.
-    pub tokens: Vec<usize>,
-    /// The positions of the texts that were cut.
-    pub truncated: Vec<usize>,
+pub enum TextOutput {
+    /// Sentence embeddings.
+    Embeddings(Embeddings),
+    /// Class probabilities.
+    Classes(Classifications),
+}
+
+impl TextOutput {
+    /// The results of the texts at `range`, numbered from its start.
+    fn slice(&self, range: Range<usize>) -> TextOutput {
+        let own_truncated = |truncated: &[usize]| {
+            truncated
+                .iter()
+                .filter(|index| range.contains(index))
+                .map(|index| index - range.start)
+                .collect()
+        };
+        match self {
+            TextOutput::Embeddings(all) => TextOutput::Embeddings(Embeddings {
+                vectors: all.vectors[range.clone()].to_vec(),
+                tokens: all.tokens[range.clone()].to_vec(),
+                truncated: own_truncated(&all.truncated),
+            }),
+            TextOutput::Classes(all) => TextOutput::Classes(Classifications {
+                scores: all.scores[range.clone()].to_vec(),
+                truncated: own_truncated(&all.truncated),
+            }),
+        }
+    }
 }
 
 /// Batching limits.
@@ -186,7 +210,7 @@ pub fn work<B: Backend>(
                 metrics.record_execution(1, started.elapsed());
                 finish(metrics, reply, result);
             }
-            Work::Infer { .. } | Work::Embed { .. } => {
+            Work::Infer { .. } | Work::Texts { .. } => {
                 let deadline = first.queued() + config.max_queue_delay;
                 let mut rows = rows_of(&first);
                 let mut batch = vec![first];
@@ -212,8 +236,8 @@ pub fn work<B: Backend>(
                         }
                     }
                 }
-                if matches!(batch[0], Work::Embed { .. }) {
-                    run_embeddings(&model, batch, metrics);
+                if matches!(batch[0], Work::Texts { .. }) {
+                    run_texts(&model, batch, metrics);
                 } else {
                     run_batch(&model, &device, batch, metrics);
                 }
@@ -225,7 +249,7 @@ pub fn work<B: Backend>(
 fn rows_of(work: &Work) -> usize {
     match work {
         Work::Infer { batch, .. } => batch.batch_size(),
-        Work::Embed { texts, .. } => texts.len(),
+        Work::Texts { inputs, .. } => inputs.len(),
         Work::Answer { .. } => 1,
     }
 }
@@ -314,7 +338,7 @@ fn run_batch<B: Backend>(
         .iter()
         .filter_map(|work| match work {
             Work::Infer { batch, .. } => Some(batch.seq_len()),
-            Work::Answer { .. } | Work::Embed { .. } => None,
+            Work::Answer { .. } | Work::Texts { .. } => None,
         })
         .max()
         .unwrap_or(0);
@@ -364,48 +388,51 @@ fn run_batch<B: Backend>(
     }
 }
 
-/// Embeds the texts of several requests in one call of the pipeline (which sorts them by length
-/// into batches) and hands each request its own vectors back.
-fn run_embeddings<B: Backend>(model: &ServedModel<B>, batch: Vec<Work>, metrics: &Metrics) {
+/// Runs the texts of several requests through the model's pipeline in one call (which sorts
+/// them by length into batches) and hands each request its own results back.
+fn run_texts<B: Backend>(model: &ServedModel<B>, batch: Vec<Work>, metrics: &Metrics) {
     let mut requests = Vec::with_capacity(batch.len());
-    let mut texts = Vec::new();
+    let mut inputs = Vec::new();
     for work in batch {
-        let Work::Embed {
-            texts: own,
+        let Work::Texts {
+            inputs: own,
             queued,
             reply,
         } = work
         else {
-            unreachable!("only embedding requests are batched with embedding requests")
+            unreachable!("only text requests are batched with text requests")
         };
         record_queue(metrics, queued);
         requests.push((own.len(), reply));
-        texts.extend(own);
+        inputs.extend(own);
     }
     let started = Instant::now();
     let result = guarded(|| {
-        let TaskModel::SentenceEmbeddings(pipeline) = &model.model else {
-            anyhow::bail!("{} is not a sentence-embeddings model", model.name);
-        };
-        Ok(pipeline.embed(&texts)?)
+        let borrowed: Vec<(&str, Option<&str>)> = inputs
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_deref()))
+            .collect();
+        Ok(match &model.model {
+            TaskModel::SentenceEmbeddings(pipeline) => {
+                if borrowed.iter().any(|(_, pair)| pair.is_some()) {
+                    anyhow::bail!("{} embeds single texts, not pairs", model.name);
+                }
+                let texts: Vec<&str> = borrowed.iter().map(|(text, _)| *text).collect();
+                TextOutput::Embeddings(pipeline.embed(&texts)?)
+            }
+            TaskModel::SequenceClassification(pipeline) => {
+                TextOutput::Classes(pipeline.classify_inputs(&borrowed)?)
+            }
+            _ => anyhow::bail!("{} has no text pipeline", model.name),
+        })
     });
-    metrics.record_execution(texts.len(), started.elapsed());
+    metrics.record_execution(inputs.len(), started.elapsed());
     let mut first = 0;
     for (count, reply) in requests {
-        let range = first..first + count;
         let own = result
             .as_ref()
             .map_err(Clone::clone)
-            .map(|all| EmbedOutput {
-                vectors: all.vectors[range.clone()].to_vec(),
-                tokens: all.tokens[range.clone()].to_vec(),
-                truncated: all
-                    .truncated
-                    .iter()
-                    .filter(|index| range.contains(index))
-                    .map(|index| index - first)
-                    .collect(),
-            });
+            .map(|all| all.slice(first..first + count));
         first += count;
         finish(metrics, reply, own);
     }

@@ -1,6 +1,6 @@
 //! The HTTP routes: health, server and model metadata, inference (JSON or binary tensors), the
-//! text question-answering endpoint, sentence embeddings (ours and OpenAI's `/v1/embeddings`), and
-//! Prometheus metrics.
+//! text question-answering endpoint, sentence embeddings (ours and OpenAI's `/v1/embeddings`),
+//! text classification, and Prometheus metrics.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -15,12 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use bert_core::pipelines::{Classifications, Embeddings};
 use bert_core::BertConfig;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use super::batcher::{submit, EmbedOutput, Metrics, Work, BATCH_SIZE_BUCKETS};
+use super::batcher::{submit, Metrics, TextOutput, Work, BATCH_SIZE_BUCKETS};
 use super::protocol::{encode_response, parse_infer, Inference, HEADER_LENGTH, INPUT_NAMES};
 use super::repository::Task;
 
@@ -65,6 +66,7 @@ pub fn router(models: Vec<ModelEntry>) -> Router {
         )
         .route("/v2/models/{name}/qa", post(question_answering))
         .route("/v2/models/{name}/embed", post(embed))
+        .route("/v2/models/{name}/classify", post(classify))
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/metrics", get(metrics))
         .with_state(Arc::new(models))
@@ -317,15 +319,15 @@ async fn question_answering(
     }
 }
 
-/// Queues texts for a sentence-embeddings model and waits for their vectors; the status and
-/// message of a failure.
-async fn embed_texts(
+/// Queues texts for a model's text pipeline and waits for the results; the status and message
+/// of a failure.
+async fn run_texts(
     model: &ModelEntry,
-    texts: Vec<String>,
-) -> Result<EmbedOutput, (StatusCode, String)> {
+    inputs: Vec<(String, Option<String>)>,
+) -> Result<TextOutput, (StatusCode, String)> {
     let (reply, answer) = oneshot::channel();
-    let work = Work::Embed {
-        texts,
+    let work = Work::Texts {
+        inputs,
         queued: Instant::now(),
         reply,
     };
@@ -340,6 +342,20 @@ async fn embed_texts(
         Err(_) => Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "the model worker stopped".into(),
+        )),
+    }
+}
+
+/// The embeddings of `texts` by a sentence-embeddings model.
+async fn embed_texts(
+    model: &ModelEntry,
+    texts: Vec<String>,
+) -> Result<Embeddings, (StatusCode, String)> {
+    match run_texts(model, texts.into_iter().map(|t| (t, None)).collect()).await? {
+        TextOutput::Embeddings(embeddings) => Ok(embeddings),
+        TextOutput::Classes(_) => Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{} answered with classes, not embeddings", model.name),
         )),
     }
 }
@@ -388,6 +404,72 @@ async fn embed(State(models): State<Models>, Path(name): Path<String>, body: Byt
             "truncated": output.truncated,
         }))
         .into_response(),
+        Err((status, message)) => error(status, message),
+    }
+}
+
+/// `/classify`'s body: texts, or pairs of texts (paraphrase, entailment), not both.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassifyRequest {
+    #[serde(default)]
+    texts: Vec<String>,
+    #[serde(default)]
+    pairs: Vec<(String, String)>,
+}
+
+/// `POST /v2/models/{name}/classify`: `{"texts": [...]}` or `{"pairs": [["a", "b"], ...]}` to
+/// `{"results": [[{"label", "index", "score"}, ...], ...], "truncated": [...]}`: every class with
+/// its probability, best first, per input (as Hugging Face's text-classification pipeline with
+/// `top_k=None`).
+async fn classify(State(models): State<Models>, Path(name): Path<String>, body: Bytes) -> Response {
+    let Some(model) = find(&models, &name) else {
+        return not_found(&models, &name);
+    };
+    if model.task != Task::SequenceClassification {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{name} is a {} model, not sequence-classification",
+                model.task.name()
+            ),
+        );
+    }
+    let expected = "expected {\"texts\": [\"...\", ...]} or {\"pairs\": [[\"...\", \"...\"], ...]}";
+    let inputs: Vec<(String, Option<String>)> =
+        match serde_json::from_slice::<ClassifyRequest>(&body) {
+            Ok(ClassifyRequest { texts, pairs }) if pairs.is_empty() && !texts.is_empty() => {
+                texts.into_iter().map(|text| (text, None)).collect()
+            }
+            Ok(ClassifyRequest { texts, pairs }) if texts.is_empty() && !pairs.is_empty() => {
+                pairs.into_iter().map(|(a, b)| (a, Some(b))).collect()
+            }
+            Ok(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{expected}: give a non-empty list of texts or of pairs, not both"),
+                )
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("{expected}: {e}")),
+        };
+    match run_texts(model, inputs).await {
+        Ok(TextOutput::Classes(Classifications { scores, truncated })) => {
+            let results: Vec<Vec<Value>> = scores
+                .iter()
+                .map(|classes| {
+                    classes
+                        .iter()
+                        .map(|c| json!({"label": c.label, "index": c.index, "score": c.score}))
+                        .collect()
+                })
+                .collect();
+            Json(json!({"model": model.name, "results": results, "truncated": truncated}))
+                .into_response()
+        }
+        Ok(TextOutput::Embeddings(_)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{} answered with embeddings, not classes", model.name),
+        ),
         Err((status, message)) => error(status, message),
     }
 }

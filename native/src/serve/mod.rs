@@ -27,7 +27,8 @@ pub struct ServeArgs {
     /// Folder with one sub-folder per model: config.json, weights, vocabulary and `model.json`
     /// (`{"task": "question-answering" | "sequence-classification" | "encoder" |
     /// "sentence-embeddings"}`; sentence-embeddings models are also served at
-    /// `POST /v2/models/{name}/embed` and the OpenAI-compatible `POST /v1/embeddings`).
+    /// `POST /v2/models/{name}/embed` and the OpenAI-compatible `POST /v1/embeddings`,
+    /// sequence-classification models at `POST /v2/models/{name}/classify`).
     #[arg(long)]
     model_repository: PathBuf,
     /// Address to listen on.

@@ -4,10 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bert_core::model::{
-    BertForQuestionAnswering, BertForSequenceClassification, BertWithHeads, TokenBatch,
-};
-use bert_core::pipelines::SentenceEmbeddings;
+use bert_core::model::{BertForQuestionAnswering, BertWithHeads, TokenBatch};
+use bert_core::pipelines::{SentenceEmbeddings, SequenceClassification};
 use bert_core::tokenizer::BertTokenizer;
 use bert_core::BertConfig;
 use burn::tensor::backend::Backend;
@@ -22,7 +20,8 @@ use crate::finetune::ModelArgs;
 pub enum Task {
     /// Start and end logits of an answer span (`BertForQuestionAnswering`).
     QuestionAnswering,
-    /// Class logits (`BertForSequenceClassification`).
+    /// Class logits (`BertForSequenceClassification`), and named class probabilities at
+    /// `/classify`.
     SequenceClassification,
     /// The encoder's last hidden state.
     Encoder,
@@ -94,8 +93,8 @@ pub struct ServedModel<B: Backend> {
 pub enum TaskModel<B: Backend> {
     /// Question answering.
     QuestionAnswering(Box<BertForQuestionAnswering<B>>),
-    /// Sequence classification with its number of labels.
-    SequenceClassification(Box<BertForSequenceClassification<B>>, usize),
+    /// The sequence-classification pipeline.
+    SequenceClassification(Box<SequenceClassification<B>>),
     /// The encoder (with whatever heads its checkpoint holds, unused).
     Encoder(Box<BertWithHeads<B>>),
     /// The sentence-embeddings pipeline.
@@ -145,21 +144,42 @@ impl<B: Backend> ServedModel<B> {
                 .with_context(|| format!("cannot read {}", settings_file.display()))?,
         )
         .with_context(|| format!("{}: not a valid model.json", settings_file.display()))?;
-        if settings.task == Task::SentenceEmbeddings {
-            let pipeline = SentenceEmbeddings::from_folder(folder, device)?;
-            for notice in pipeline.notices() {
-                eprintln!("NOTE: {notice}");
+        // The text pipelines read their own folder: pooling files, class names.
+        let pipeline = match settings.task {
+            Task::SentenceEmbeddings => {
+                let pipeline = SentenceEmbeddings::from_folder(folder, device)?;
+                for notice in pipeline.notices() {
+                    eprintln!("NOTE: {notice}");
+                }
+                let limit = pipeline.max_tokens();
+                Some((
+                    pipeline.config().clone(),
+                    pipeline.tokenizer().clone(),
+                    limit,
+                    TaskModel::SentenceEmbeddings(Box::new(pipeline)),
+                ))
             }
-            let max_seq_length = settings.max_seq_length.min(pipeline.max_tokens());
+            Task::SequenceClassification => {
+                let pipeline = SequenceClassification::from_folder(folder, device)?;
+                Some((
+                    pipeline.config().clone(),
+                    pipeline.tokenizer().clone(),
+                    pipeline.config().max_position_embeddings,
+                    TaskModel::SequenceClassification(Box::new(pipeline)),
+                ))
+            }
+            Task::QuestionAnswering | Task::Encoder => None,
+        };
+        if let Some((config, tokenizer, limit, model)) = pipeline {
             return Ok(Self {
                 name,
                 settings: ModelSettings {
-                    max_seq_length,
+                    max_seq_length: settings.max_seq_length.min(limit),
                     ..settings
                 },
-                config: pipeline.config().clone(),
-                tokenizer: pipeline.tokenizer().clone(),
-                model: TaskModel::SentenceEmbeddings(Box::new(pipeline)),
+                config,
+                tokenizer,
+                model,
             });
         }
         let source = ModelArgs {
@@ -182,20 +202,14 @@ impl<B: Backend> ServedModel<B> {
                 source.load_into(&mut model, true)?;
                 TaskModel::QuestionAnswering(Box::new(model))
             }
-            Task::SequenceClassification => {
-                let Some(labels) = heads.classifier_labels else {
-                    bail!("{}: the weights have no classifier head", folder.display());
-                };
-                let mut model = BertForSequenceClassification::new(&config, labels, device);
-                source.load_into(&mut model, true)?;
-                TaskModel::SequenceClassification(Box::new(model), labels)
-            }
             Task::Encoder => {
                 let mut model = BertWithHeads::new(&config, heads, device);
                 source.load_into(&mut model, false)?;
                 TaskModel::Encoder(Box::new(model))
             }
-            Task::SentenceEmbeddings => unreachable!("loaded above"),
+            Task::SentenceEmbeddings | Task::SequenceClassification => {
+                unreachable!("loaded above")
+            }
         };
         let settings = ModelSettings {
             max_seq_length: settings.max_seq_length.min(config.max_position_embeddings),
@@ -216,7 +230,9 @@ impl<B: Backend> ServedModel<B> {
             TaskModel::QuestionAnswering(_) => {
                 vec![("start_logits", vec![-1]), ("end_logits", vec![-1])]
             }
-            TaskModel::SequenceClassification(_, labels) => vec![("logits", vec![*labels as i64])],
+            TaskModel::SequenceClassification(pipeline) => {
+                vec![("logits", vec![pipeline.labels().len() as i64])]
+            }
             TaskModel::Encoder(_) => vec![(
                 "last_hidden_state",
                 vec![-1, self.config.hidden_size as i64],
@@ -244,9 +260,10 @@ impl<B: Backend> ServedModel<B> {
                     host("end_logits", shape, values(end)?),
                 ]
             }
-            TaskModel::SequenceClassification(model, _) => {
-                let logits = model.forward(input()?);
-                vec![host("logits", logits.dims().to_vec(), values(logits)?)]
+            TaskModel::SequenceClassification(pipeline) => {
+                let logits = pipeline.logits(batch)?;
+                let shape = vec![logits.len(), pipeline.labels().len()];
+                vec![host("logits", shape, logits.concat())]
             }
             TaskModel::SentenceEmbeddings(pipeline) => {
                 let vectors = pipeline.embed_tokens(batch)?;
