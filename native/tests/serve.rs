@@ -86,7 +86,27 @@ struct Server {
 
 impl Server {
     fn start(repository: &Path, flags: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bert-native"))
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_bert-native")),
+            repository,
+            flags,
+        )
+    }
+
+    /// The server under an address-space limit of `kib` KiB (`ulimit -v`, as batch schedulers
+    /// set): an allocation beyond it fails at once instead of being reserved lazily.
+    fn start_limited(repository: &Path, flags: &[&str], kib: u64) -> Self {
+        let mut shell = Command::new("sh");
+        shell.args([
+            "-c",
+            &format!("ulimit -v {kib} && exec \"$0\" \"$@\""),
+            env!("CARGO_BIN_EXE_bert-native"),
+        ]);
+        Self::spawn(shell, repository, flags)
+    }
+
+    fn spawn(mut command: Command, repository: &Path, flags: &[&str]) -> Self {
+        let mut child = command
             .args([
                 "serve",
                 "--model-repository",
@@ -570,6 +590,49 @@ fn bad_requests_get_a_400_naming_the_problem_and_the_worker_lives_on() {
         &infer_body(&[SHORT.to_vec()]),
     );
     assert_eq!(ok.status, 200, "the worker still answers");
+}
+
+/// A declared shape is checked against the values sent before it sizes anything: under an
+/// address-space limit, a request declaring 2^40 INT64 values (8 TiB) with three of them used to
+/// abort the whole server ("memory allocation of 8796093022208 bytes failed").
+#[test]
+fn a_huge_declared_shape_gets_a_400_under_an_address_space_limit() {
+    let tmp = TempDir::new("declared-shape");
+    let (repository, _) = repository(&tmp.0);
+    let server = Server::start_limited(&repository, &["--max-queue-delay-ms", "0"], 4 << 20);
+    let port = server.port;
+    let huge = 1i64 << 20;
+    let body = json!({"inputs": [{"name": "input_ids", "shape": [huge, huge], "datatype": "INT64", "data": [101, 2000, 102]}]});
+    let reply = post_json(port, "/v2/models/minilm/infer", &body);
+    assert_eq!(
+        reply.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(reply.json()["error"].as_str().unwrap().contains("needs"));
+    let header = json!({"inputs": [{"name": "input_ids", "shape": [huge, huge], "datatype": "INT64", "parameters": {"binary_data_size": 24}}]}).to_string();
+    let mut binary = header.clone().into_bytes();
+    binary.extend([0u8; 24]);
+    let reply = http(
+        port,
+        "POST",
+        "/v2/models/minilm/infer",
+        &[("Inference-Header-Content-Length", header.len().to_string())],
+        &binary,
+    );
+    assert_eq!(
+        reply.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let ok = post_json(
+        port,
+        "/v2/models/minilm/infer",
+        &infer_body(&[SHORT.to_vec()]),
+    );
+    assert_eq!(ok.status, 200, "the server lives on");
 }
 
 #[test]

@@ -114,7 +114,14 @@ pub fn parse_infer(
                 )))
             }
         };
-        let count = shape[0] * shape[1];
+        // The declared shape only sizes what is checked against the values actually sent.
+        let too_many = || {
+            bad(format!(
+                "input {:?} declares shape {:?}: too many values for one request",
+                input.name, input.shape
+            ))
+        };
+        let count = shape[0].checked_mul(shape[1]).ok_or_else(too_many)?;
         let values = match input.parameters.get("binary_data_size") {
             Some(size) => {
                 let size = size.as_u64().ok_or_else(|| {
@@ -123,7 +130,7 @@ pub fn parse_infer(
                         input.name
                     ))
                 })? as usize;
-                if size != count * width || size > binary.len() {
+                if Some(size) != count.checked_mul(width) || size > binary.len() {
                     return Err(bad(format!(
                         "input {:?}: binary_data_size {size} does not match shape {:?} of {} ({} bytes left in the body)",
                         input.name, input.shape, input.datatype, binary.len()
@@ -144,7 +151,7 @@ pub fn parse_infer(
                     .data
                     .as_ref()
                     .ok_or_else(|| bad(format!("input {:?} has no data", input.name)))?;
-                let mut values = Vec::with_capacity(count);
+                let mut values = Vec::new();
                 flatten_integers(data, &mut values)
                     .map_err(|e| bad(format!("input {:?}: {e}", input.name)))?;
                 if values.len() != count {
@@ -394,6 +401,47 @@ mod tests {
             "{}",
             error.0
         );
+        let error = parse_infer(b"{}", Some(10), &config(), &OUTPUTS).unwrap_err();
+        assert!(
+            error.0.contains("Inference-Header-Content-Length"),
+            "{}",
+            error.0
+        );
+    }
+
+    /// A declared shape is checked against the values actually sent before anything is sized
+    /// by it: 2^40 elements (8 TiB of INT64) with three values, or a shape whose element count
+    /// overflows, are refused, never allocated.
+    #[test]
+    fn a_declared_shape_never_sizes_an_allocation() {
+        let huge = 1i64 << 20;
+        let cases = [
+            (json!([huge, huge]), json!([1, 2, 3]), "needs"),
+            (json!([i64::MAX, i64::MAX]), json!([1]), "too many values"),
+            (json!([i64::MAX / 2, 3]), json!([1]), "needs"),
+            (json!([i64::MAX / 2, 5]), json!([1]), "too many values"),
+        ];
+        for (shape, data, expected) in cases {
+            let body = json!({"inputs": [{"name": "input_ids", "shape": shape, "datatype": "INT64", "data": data}]});
+            let error =
+                parse_infer(body.to_string().as_bytes(), None, &config(), &OUTPUTS).unwrap_err();
+            assert!(error.0.contains(expected), "{body}: {}", error.0);
+        }
+        for (shape, size) in [
+            (json!([huge, huge]), json!(24)),
+            (json!([huge, huge]), json!(1u64 << 43)),
+            (json!([i64::MAX, i64::MAX]), json!(8)),
+        ] {
+            let header = json!({"inputs": [{"name": "input_ids", "shape": shape, "datatype": "INT64", "parameters": {"binary_data_size": size}}]}).to_string();
+            let mut body = header.clone().into_bytes();
+            body.extend([0u8; 24]);
+            let error = parse_infer(&body, Some(header.len()), &config(), &OUTPUTS).unwrap_err();
+            assert!(
+                error.0.contains("binary_data_size") || error.0.contains("too many values"),
+                "{header}: {}",
+                error.0
+            );
+        }
         let error = parse_infer(b"{}", Some(10), &config(), &OUTPUTS).unwrap_err();
         assert!(
             error.0.contains("Inference-Header-Content-Length"),
