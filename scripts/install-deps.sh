@@ -7,13 +7,14 @@
 #   scripts/install-deps.sh quickstart   # building and running bert-native: HDF5's headers
 #   scripts/install-deps.sh test         # the test command: also Mesa's lavapipe (wgpu without a
 #                                        # GPU), Python's pip and venv (the test checkpoint and the
-#                                        # Triton client), Chromium, Node.js and npm (the browser test)
+#                                        # Triton client), Chromium, Node.js and npm (the browser test),
+#                                        # iproute2 (two hosts in network namespaces)
 set -euo pipefail
 
 case "${1:-}" in
   quickstart) packages=(libhdf5-dev pkg-config) ;;
   test) packages=(libhdf5-dev pkg-config mesa-vulkan-drivers libvulkan1 python3-pip python3-venv
-                  chromium curl nodejs)
+                  chromium curl nodejs iproute2)
         # Debian ships npm apart from nodejs; NodeSource's nodejs includes it (and conflicts with it).
         command -v npm >/dev/null 2>&1 || packages+=(npm) ;;
   *) echo "usage: $0 quickstart|test" >&2; exit 2 ;;

@@ -716,3 +716,156 @@ fn a_failing_rank_takes_the_job_down() {
         "the other ranks were waited for instead of stopped"
     );
 }
+
+/// Two hosts on one machine: network namespaces joined by a veth pair (needs root and iproute2,
+/// which the test command installs). Removed when dropped.
+struct TwoHosts {
+    names: [String; 2],
+    link: String,
+}
+
+impl TwoHosts {
+    const ADDRESSES: [&'static str; 2] = ["10.77.0.1", "10.77.0.2"];
+
+    fn new() -> Self {
+        let id = std::process::id() % 100_000;
+        let names = [format!("bert-{id}-a"), format!("bert-{id}-b")];
+        let hosts = Self {
+            link: format!("bv{id}a"),
+            names,
+        };
+        let ip = |args: &[&str]| {
+            let output = Command::new("ip")
+                .args(args)
+                .output()
+                .expect("iproute2's ip runs");
+            assert!(
+                output.status.success(),
+                "ip {args:?}: {} (two hosts in network namespaces need root and iproute2)",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        };
+        let [a, b] = &hosts.names;
+        let peer = format!("bv{id}b");
+        ip(&["netns", "add", a]);
+        ip(&["netns", "add", b]);
+        ip(&[
+            "link",
+            "add",
+            &hosts.link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ]);
+        for (host, device, address) in [
+            (a, &hosts.link, Self::ADDRESSES[0]),
+            (b, &peer, Self::ADDRESSES[1]),
+        ] {
+            ip(&["link", "set", device, "netns", host]);
+            ip(&[
+                "-n",
+                host,
+                "addr",
+                "add",
+                &format!("{address}/24"),
+                "dev",
+                device,
+            ]);
+            ip(&["-n", host, "link", "set", device, "up"]);
+            ip(&["-n", host, "link", "set", "lo", "up"]);
+        }
+        hosts
+    }
+
+    /// `bert-native launch` as node `node` of two, in its namespace, running `command`.
+    fn launch(&self, node: usize, command: &[&str]) -> std::process::Child {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.names[node],
+                env!("CARGO_BIN_EXE_bert-native"),
+            ])
+            .args(["launch", "--nnodes", "2", "--node-rank", &node.to_string()])
+            .args([
+                "--master-addr",
+                Self::ADDRESSES[0],
+                "--master-port",
+                "29611",
+                "--",
+            ])
+            .args(command)
+            .env("RAYON_NUM_THREADS", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ip netns exec runs")
+    }
+
+    /// Cuts the link between the hosts: no packet passes, and neither side is told.
+    fn cut(&self) {
+        let status = Command::new("ip")
+            .args(["-n", &self.names[0], "link", "del", &self.link])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// One rank on each of two hosts over the TCP collective: a job finishes normally on both; when
+/// the link between the hosts is cut mid-run, both launchers stop their ranks within seconds with
+/// an error naming the lost node (before the launchers watched each other, both ranks sat in
+/// socket calls for the collective's 30-minute timeout, printing nothing).
+#[test]
+fn a_cut_link_between_two_hosts_stops_both_within_seconds() {
+    let hosts = TwoHosts::new();
+    let job = |iterations: &str| {
+        let elements = "2000000";
+        let args = [
+            "bench",
+            "allreduce",
+            "--elements",
+            elements,
+            "--iterations",
+            iterations,
+        ];
+        [hosts.launch(0, &args), hosts.launch(1, &args)]
+    };
+    for node in job("3") {
+        let output = node.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let nodes = job("1000000");
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    hosts.cut();
+    let cut = std::time::Instant::now();
+    for (node, lost) in nodes.into_iter().zip(["lost node 1", "lost node 0"]) {
+        let output = node.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(lost) && stderr.contains("link is cut"),
+            "{stderr}"
+        );
+    }
+    let elapsed = cut.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_secs(60),
+        "both hosts stopped {elapsed:?} after the cut"
+    );
+}

@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::{time_iterations, timing_summary};
 use crate::backend::{self, BackendKind, Job};
-use crate::distributed::rendezvous::Rendezvous;
+use crate::distributed::rendezvous::{Rendezvous, DEFAULT_TIMEOUT};
 use crate::distributed::{self, CollectiveKind};
 
 /// BERT-large's parameter count: the gradient buffer of one optimizer step.
@@ -54,6 +54,7 @@ pub fn run(args: AllReduceBenchArgs) -> Result<()> {
         local_rank: 0,
         master_addr: "127.0.0.1".into(),
         master_port: 0,
+        timeout: DEFAULT_TIMEOUT,
     });
     let (rank, world_size) = (job.rank, job.world_size);
     let (mut timings, on_device) = backend::run_on(

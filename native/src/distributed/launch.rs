@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::rendezvous::DEFAULT_MASTER_PORT;
+use super::node_watch::NodeWatch;
+use super::rendezvous::{DEFAULT_MASTER_PORT, DEFAULT_TIMEOUT, TIMEOUT_VAR};
 
 /// Arguments of `launch`.
 #[derive(Debug, Args)]
@@ -28,9 +29,14 @@ pub struct LaunchArgs {
     /// Host of global rank 0 (reachable from every node).
     #[arg(long, default_value = "127.0.0.1")]
     master_addr: String,
-    /// Port rank 0 listens on.
+    /// Port rank 0 listens on (the launchers of a multi-node job meet on the next one).
     #[arg(long, default_value_t = DEFAULT_MASTER_PORT)]
     master_port: u16,
+    /// Longest a rank waits for the others, in seconds: to connect, and in one exchange (a
+    /// slower rank's step or checkpoint must fit; default 1800, as torch.distributed). A cut
+    /// link or a lost host is noticed sooner, within about 20 s.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    collective_timeout: Option<u64>,
     /// What each process runs: a bert-native subcommand (`pretrain ...`) or any program.
     #[arg(last = true, required = true)]
     command: Vec<OsString>,
@@ -51,6 +57,16 @@ pub fn run(args: LaunchArgs) -> Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&interrupted))
             .context("cannot install the signal handler")?;
     }
+    let timeout = args
+        .collective_timeout
+        .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+    let watch = NodeWatch::start(
+        args.node_rank,
+        args.nnodes,
+        &args.master_addr,
+        args.master_port,
+        timeout,
+    )?;
     let mut children: Vec<(usize, Child)> = Vec::new();
     for local_rank in 0..args.nproc_per_node {
         let rank = args.node_rank * args.nproc_per_node + local_rank;
@@ -71,6 +87,9 @@ pub fn run(args: LaunchArgs) -> Result<()> {
             .env("MASTER_ADDR", &args.master_addr)
             .env("MASTER_PORT", args.master_port.to_string())
             .process_group(0);
+        if let Some(seconds) = args.collective_timeout {
+            command.env(TIMEOUT_VAR, seconds.to_string());
+        }
         match command.spawn() {
             Ok(child) => children.push((rank, child)),
             Err(error) => {
@@ -80,16 +99,25 @@ pub fn run(args: LaunchArgs) -> Result<()> {
             }
         }
     }
-    wait_all(children, &interrupted)
+    wait_all(children, &interrupted, &watch)
 }
 
-/// Waits for every rank; the first that fails stops the others.
-fn wait_all(mut children: Vec<(usize, Child)>, interrupted: &AtomicBool) -> Result<()> {
+/// Waits for every rank; the first that fails, or the loss of another node, stops the others.
+fn wait_all(
+    mut children: Vec<(usize, Child)>,
+    interrupted: &AtomicBool,
+    watch: &NodeWatch,
+) -> Result<()> {
     while !children.is_empty() {
         if interrupted.load(Ordering::Relaxed) {
             let running = children.len();
             stop_all(&mut children);
             bail!("interrupted: stopped the {running} rank(s) still running");
+        }
+        if let Some(lost) = watch.lost() {
+            let running = children.len();
+            stop_all(&mut children);
+            bail!("{lost}; stopped the {running} rank(s) of this node still running");
         }
         let mut failed: Option<(usize, ExitStatus)> = None;
         let mut index = 0;

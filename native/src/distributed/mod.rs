@@ -1,10 +1,11 @@
 //! Data-parallel jobs: where a process sits ([`rendezvous`]), how its rank talks to the others
 //! ([`tcp`], and [`nccl`] on GPUs with feature `cuda`), and starting one process per GPU
-//! ([`launch`]). The averaging itself is `bert_core::distributed`.
+//! ([`launch`]), whose launchers watch each other across nodes ([`node_watch`]). The averaging itself is `bert_core::distributed`.
 
 pub mod launch;
 #[cfg(feature = "cuda")]
 pub mod nccl;
+pub mod node_watch;
 pub mod rendezvous;
 pub mod tcp;
 

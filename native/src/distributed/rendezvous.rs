@@ -1,12 +1,22 @@
 //! Where this process sits in a data-parallel job, from the environment a launcher sets:
 //! `torchrun`'s (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`, which
 //! `bert-native launch` sets too) or SLURM's (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, the
-//! first host of `SLURM_JOB_NODELIST` as the master).
+//! first host of `SLURM_JOB_NODELIST` as the master), plus `BERT_COLLECTIVE_TIMEOUT` (seconds;
+//! `bert-native launch --collective-timeout` sets it).
+
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 /// The port rank 0 listens on when `MASTER_PORT` is not set (torchrun's default).
 pub const DEFAULT_MASTER_PORT: u16 = 29500;
+
+/// The variable that sets [`Rendezvous::timeout`], in seconds.
+pub const TIMEOUT_VAR: &str = "BERT_COLLECTIVE_TIMEOUT";
+
+/// How long ranks wait for each other unless [`TIMEOUT_VAR`] says otherwise: torch.distributed's
+/// default of 30 minutes (a slow step or a checkpoint on another rank must fit in it).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 /// This process's place in the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +31,9 @@ pub struct Rendezvous {
     pub master_addr: String,
     /// Port rank 0 listens on.
     pub master_port: u16,
+    /// Longest a rank waits for the others: to connect, and for one exchange. (A cut link is
+    /// noticed sooner: see `tcp.rs`.)
+    pub timeout: Duration,
 }
 
 impl Rendezvous {
@@ -75,12 +88,18 @@ impl Rendezvous {
                 .with_context(|| format!("MASTER_PORT={port:?} is not a port number"))?,
             None => DEFAULT_MASTER_PORT,
         };
+        let timeout = match number(TIMEOUT_VAR)? {
+            Some(0) => bail!("{TIMEOUT_VAR}=0: the collective timeout must be at least 1 second"),
+            Some(seconds) => Duration::from_secs(seconds as u64),
+            None => DEFAULT_TIMEOUT,
+        };
         Ok(Some(Self {
             rank,
             world_size,
             local_rank,
             master_addr,
             master_port,
+            timeout,
         }))
     }
 
@@ -161,9 +180,27 @@ mod tests {
                 world_size: 8,
                 local_rank: 1,
                 master_addr: "10.0.0.2".into(),
-                master_port: 1234
+                master_port: 1234,
+                timeout: DEFAULT_TIMEOUT,
             }
         );
+        let job = Rendezvous::from_vars(env(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            (TIMEOUT_VAR, "90"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(job.timeout, Duration::from_secs(90));
+        for bad in ["0", "soon"] {
+            let error = Rendezvous::from_vars(env(&[
+                ("RANK", "0"),
+                ("WORLD_SIZE", "2"),
+                (TIMEOUT_VAR, bad),
+            ]))
+            .unwrap_err();
+            assert!(error.to_string().contains(TIMEOUT_VAR), "{error}");
+        }
     }
 
     #[test]

@@ -4,10 +4,15 @@
 //! control traffic beside NCCL (`nccl.rs`). Float16 all-reduces send two bytes per value.
 //!
 //! A rank that dies closes its socket: rank 0 then fails its next exchange, exits, and with it
-//! every other rank's connection, so the whole job stops instead of hanging.
+//! every other rank's connection, so the whole job stops instead of hanging. A link cut between
+//! hosts closes nothing: the kernel notices it on a quiet link (keep-alive probes, [`LIVENESS`]),
+//! and the launchers notice it on theirs (`node_watch.rs`), in seconds, while a peer that is only
+//! slow (a long step, a checkpoint) still answers and is waited for up to the job's
+//! [`Rendezvous::timeout`].
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,11 +22,68 @@ use bert_core::error::CollectiveError;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::rendezvous::Rendezvous;
+use super::rendezvous::{Rendezvous, TIMEOUT_VAR};
 
-/// How long ranks wait for each other: to connect, and in one exchange (a slow step on another
-/// rank included).
-const WAIT: Duration = Duration::from_secs(1800);
+/// How a cut link is noticed: after `idle` without traffic the kernel probes the peer every
+/// `interval`, and breaks the link after `probes` unanswered ones (about 11 s). A live peer's
+/// kernel answers, however busy the process. (A limit on unacknowledged data, `TCP_USER_TIMEOUT`,
+/// would also catch a cut mid-transfer, but it breaks links to peers that are only slow to read:
+/// see the `a_slow_peer_is_waited_for_not_declared_lost` test. The launchers' quiet links catch
+/// that case.)
+pub(super) const LIVENESS: Liveness = Liveness {
+    idle: Duration::from_secs(5),
+    interval: Duration::from_secs(2),
+    probes: 3,
+};
+
+/// See [`LIVENESS`].
+pub(super) struct Liveness {
+    idle: Duration,
+    interval: Duration,
+    probes: u32,
+}
+
+impl Liveness {
+    /// Sets the socket options (`SO_KEEPALIVE`, `TCP_KEEPIDLE`, `TCP_KEEPINTVL`, `TCP_KEEPCNT`)
+    /// on `stream`.
+    pub(super) fn apply(&self, stream: &TcpStream) -> std::io::Result<()> {
+        let options = [
+            (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+            (
+                libc::IPPROTO_TCP,
+                libc::TCP_KEEPIDLE,
+                self.idle.as_secs() as libc::c_int,
+            ),
+            (
+                libc::IPPROTO_TCP,
+                libc::TCP_KEEPINTVL,
+                self.interval.as_secs() as libc::c_int,
+            ),
+            (
+                libc::IPPROTO_TCP,
+                libc::TCP_KEEPCNT,
+                self.probes as libc::c_int,
+            ),
+        ];
+        for (level, name, value) in options {
+            // SAFETY: setsockopt(2) on a socket this stream owns, with a c_int value of the size
+            // passed.
+            let result = unsafe {
+                libc::setsockopt(
+                    stream.as_raw_fd(),
+                    level,
+                    name,
+                    (&value as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if result != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
 /// Greeting that opens each connection, so a stray client is refused.
 const HELLO: &[u8; 8] = b"bert-rs1";
 
@@ -33,9 +95,13 @@ struct Link {
 }
 
 impl Link {
-    fn new(stream: TcpStream) -> Result<Self> {
+    fn new(stream: TcpStream, timeout: Duration) -> Result<Self> {
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(WAIT))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        LIVENESS
+            .apply(&stream)
+            .context("cannot set the link's keep-alive options")?;
         Ok(Self {
             reader: BufReader::new(stream.try_clone()?),
             writer: BufWriter::new(stream),
@@ -138,6 +204,8 @@ pub struct TcpCollective {
     world_size: usize,
     /// Rank 0: links to ranks 1..world_size, in rank order. Other ranks: the link to rank 0.
     links: Mutex<Vec<Link>>,
+    /// The job's collective timeout (for messages).
+    timeout: Duration,
 }
 
 impl TcpCollective {
@@ -153,6 +221,7 @@ impl TcpCollective {
             rank: job.rank,
             world_size: job.world_size,
             links: Mutex::new(links),
+            timeout: job.timeout,
         })
     }
 
@@ -202,9 +271,22 @@ impl TcpCollective {
     }
 
     fn lost_io(&self, rank: usize, error: std::io::Error) -> CollectiveError {
+        let what = match error.kind() {
+            // The socket's own timeout: the peer is up but sent nothing.
+            std::io::ErrorKind::WouldBlock => format!(
+                "no data for {} s, the collective timeout (raise it with launch \
+                 --collective-timeout or {TIMEOUT_VAR} for longer steps)",
+                self.timeout.as_secs()
+            ),
+            // The kernel's probes went unanswered: the host or the link is gone.
+            std::io::ErrorKind::TimedOut => {
+                format!("its host stopped answering: the link is cut or the host is down ({error})")
+            }
+            _ => error.to_string(),
+        };
         CollectiveError::PeerLost {
             rank,
-            message: format!("{error} (rank {} of {})", self.rank, self.world_size),
+            message: format!("{what} (seen by rank {} of {})", self.rank, self.world_size),
         }
     }
 }
@@ -213,13 +295,13 @@ fn accept_all(job: &Rendezvous) -> Result<Vec<Link>> {
     let listener = TcpListener::bind(("0.0.0.0", job.master_port))
         .with_context(|| format!("rank 0 cannot listen on port {}", job.master_port))?;
     listener.set_nonblocking(true)?;
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + job.timeout;
     let mut links: Vec<Option<Link>> = (1..job.world_size).map(|_| None).collect();
     while links.iter().any(Option::is_none) {
         match listener.accept() {
             Ok((stream, peer)) => {
                 stream.set_nonblocking(false)?;
-                let mut link = Link::new(stream)?;
+                let mut link = Link::new(stream, job.timeout)?;
                 let mut hello = [0u8; 16];
                 link.reader
                     .read_exact(&mut hello)
@@ -266,7 +348,7 @@ fn connect_to_root(job: &Rendezvous) -> Result<Link> {
         .with_context(|| format!("cannot resolve MASTER_ADDR {}", job.master_addr))?
         .next()
         .with_context(|| format!("MASTER_ADDR {} has no address", job.master_addr))?;
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + job.timeout;
     let stream = loop {
         match TcpStream::connect_timeout(&address, Duration::from_secs(5)) {
             Ok(stream) => break stream,
@@ -277,7 +359,7 @@ fn connect_to_root(job: &Rendezvous) -> Result<Link> {
             }
         }
     };
-    let mut link = Link::new(stream)?;
+    let mut link = Link::new(stream, job.timeout)?;
     let mut hello = HELLO.to_vec();
     hello.extend((job.rank as u32).to_le_bytes());
     hello.extend((job.world_size as u32).to_le_bytes());
@@ -342,6 +424,7 @@ mod tests {
                         local_rank: rank,
                         master_addr: "127.0.0.1".into(),
                         master_port: port,
+                        timeout: crate::distributed::rendezvous::DEFAULT_TIMEOUT,
                     };
                     work(TcpCollective::connect(&job).unwrap())
                 })
@@ -380,6 +463,25 @@ mod tests {
             16,
             "two bytes a value"
         );
+    }
+
+    /// The dead-link detection never fires on a live peer that is only slow: rank 1 sends
+    /// 64 MB (more than the sockets buffer, so its send stalls on a full window) while rank 0
+    /// takes 25 s to start reading (`TCP_USER_TIMEOUT` at 20 s broke this link).
+    #[test]
+    fn a_slow_peer_is_waited_for_not_declared_lost() {
+        const VALUES: usize = 16 << 20;
+        let results = on_loopback(2, |collective| {
+            if collective.rank() == 0 {
+                std::thread::sleep(Duration::from_secs(25));
+            }
+            let mut values = vec![1.0f32 + collective.rank() as f32; VALUES];
+            collective.all_reduce_sum(&mut values).map(|()| values)
+        });
+        for result in results {
+            let values = result.unwrap();
+            assert!(values.iter().all(|&v| v == 3.0));
+        }
     }
 
     #[test]
