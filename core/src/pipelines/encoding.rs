@@ -14,6 +14,21 @@ pub enum Truncation {
     Refuse,
 }
 
+/// Texts as pipeline inputs (no pairs).
+pub(super) fn single_texts<S: AsRef<str>>(texts: &[S]) -> Vec<(&str, Option<&str>)> {
+    texts.iter().map(|text| (text.as_ref(), None)).collect()
+}
+
+/// Pairs of texts as pipeline inputs.
+pub(super) fn text_pairs<A: AsRef<str>, C: AsRef<str>>(
+    pairs: &[(A, C)],
+) -> Vec<(&str, Option<&str>)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.as_ref(), Some(b.as_ref())))
+        .collect()
+}
+
 /// A pipeline's inputs tokenized.
 pub(super) struct Encoded {
     /// One encoding per input, in order.

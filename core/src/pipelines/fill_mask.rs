@@ -14,7 +14,9 @@ use crate::model::{BertModel, MaskedLmHead};
 use crate::pretrained::{load_model, ModelFiles};
 use crate::tokenizer::{BertTokenizer, Encoding};
 
-use super::encoding::{batches_by_length, encode_inputs, token_batch, Encoded, Truncation};
+use super::encoding::{
+    batches_by_length, encode_inputs, single_texts, text_pairs, token_batch, Encoded, Truncation,
+};
 use super::read_back;
 
 /// Inputs per forward pass unless set ([`FillMask::with_batch_size`]).
@@ -127,9 +129,7 @@ impl<B: Backend> FillMask<B> {
         &self,
         texts: &[S],
     ) -> Result<FilledMasks, PipelineError> {
-        let inputs: Vec<(&str, Option<&str>)> =
-            texts.iter().map(|text| (text.as_ref(), None)).collect();
-        self.fill_inputs(&inputs).await
+        self.fill_inputs(&single_texts(texts)).await
     }
 
     /// The same for pairs of texts (`[CLS] a [SEP] b [SEP]`), masks in either.
@@ -137,10 +137,7 @@ impl<B: Backend> FillMask<B> {
         &self,
         pairs: &[(A, C)],
     ) -> Result<FilledMasks, PipelineError> {
-        let inputs: Vec<(&str, Option<&str>)> = pairs
-            .iter()
-            .map(|(a, b)| (a.as_ref(), Some(b.as_ref())))
-            .collect();
+        let inputs = text_pairs(pairs);
         block_on(self.fill_inputs(&inputs))
     }
 

@@ -14,7 +14,9 @@ use crate::model::{BertModel, TokenBatch};
 use crate::pretrained::{load_model, ModelFiles};
 use crate::tokenizer::{BertTokenizer, Encoding};
 
-use super::encoding::{batches_by_length, encode_inputs, token_batch, Encoded, Truncation};
+use super::encoding::{
+    batches_by_length, encode_inputs, single_texts, token_batch, Encoded, Truncation,
+};
 
 /// Texts per forward pass unless set ([`SentenceEmbeddings::with_batch_size`]), as
 /// sentence-transformers' default.
@@ -305,7 +307,7 @@ impl<B: Backend> SentenceEmbeddings<B> {
     /// The embedding of every text, in order. An empty list is an error; an empty text is not
     /// (it embeds `[CLS] [SEP]`).
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Embeddings, PipelineError> {
-        let inputs: Vec<(&str, Option<&str>)> = texts.iter().map(|t| (t.as_ref(), None)).collect();
+        let inputs = single_texts(texts);
         let Encoded {
             encodings,
             truncated,

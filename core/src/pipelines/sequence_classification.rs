@@ -17,7 +17,9 @@ use crate::model::{BertForSequenceClassification, TokenBatch};
 use crate::pretrained::{load_model, ModelFiles};
 use crate::tokenizer::BertTokenizer;
 
-use super::encoding::{batches_by_length, encode_inputs, token_batch, Encoded, Truncation};
+use super::encoding::{
+    batches_by_length, encode_inputs, single_texts, text_pairs, token_batch, Encoded, Truncation,
+};
 use super::read_back;
 
 /// Inputs per forward pass unless set ([`SequenceClassification::with_batch_size`]).
@@ -138,9 +140,7 @@ impl<B: Backend> SequenceClassification<B> {
         &self,
         texts: &[S],
     ) -> Result<Classifications, PipelineError> {
-        let inputs: Vec<(&str, Option<&str>)> =
-            texts.iter().map(|text| (text.as_ref(), None)).collect();
-        self.classify_inputs_async(&inputs).await
+        self.classify_inputs_async(&single_texts(texts)).await
     }
 
     /// The classes of every pair of texts (`[CLS] a [SEP] b [SEP]`: paraphrase, entailment), in
@@ -157,10 +157,7 @@ impl<B: Backend> SequenceClassification<B> {
         &self,
         pairs: &[(A, C)],
     ) -> Result<Classifications, PipelineError> {
-        let inputs: Vec<(&str, Option<&str>)> = pairs
-            .iter()
-            .map(|(a, b)| (a.as_ref(), Some(b.as_ref())))
-            .collect();
+        let inputs = text_pairs(pairs);
         self.classify_inputs_async(&inputs).await
     }
 
