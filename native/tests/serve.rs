@@ -516,8 +516,12 @@ fn serves_like_encode_and_qa_batches_requests_and_speaks_to_the_triton_client() 
             String::from_utf8_lossy(&reply.body)
         );
         let results = reply.json()["results"].clone();
-        for (served, expected) in results.as_array().unwrap().iter().zip(expected) {
-            for (class, expected) in served.as_array().unwrap().iter().zip(expected) {
+        let results = results.as_array().unwrap();
+        assert_eq!(results.len(), expected.len(), "one result per input");
+        for (served, expected) in results.iter().zip(expected) {
+            let served = served.as_array().unwrap();
+            assert_eq!(served.len(), expected.len(), "every class");
+            for (class, expected) in served.iter().zip(expected) {
                 assert_eq!(class["label"], expected.label.as_str());
                 assert_eq!(class["index"], expected.index);
                 let score = class["score"].as_f64().unwrap() as f32;
@@ -611,7 +615,8 @@ fn a_huge_declared_shape_gets_a_400_under_an_address_space_limit() {
         String::from_utf8_lossy(&reply.body)
     );
     assert!(reply.json()["error"].as_str().unwrap().contains("needs"));
-    let header = json!({"inputs": [{"name": "input_ids", "shape": [huge, huge], "datatype": "INT64", "parameters": {"binary_data_size": 24}}]}).to_string();
+    // Binary data against a shape whose byte count overflows.
+    let header = json!({"inputs": [{"name": "input_ids", "shape": [i64::MAX, i64::MAX], "datatype": "INT64", "parameters": {"binary_data_size": 24}}]}).to_string();
     let mut binary = header.clone().into_bytes();
     binary.extend([0u8; 24]);
     let reply = http(

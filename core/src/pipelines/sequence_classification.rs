@@ -89,6 +89,12 @@ impl<B: Backend> SequenceClassification<B> {
             }
         };
         let classes = classifier.weight.dims()[1];
+        if classes == 0 {
+            return Err(PipelineError::ModelFile {
+                path: report.source,
+                problem: "the classifier has no outputs".into(),
+            });
+        }
         let config_text =
             std::fs::read_to_string(&files.config).map_err(|source| PretrainedError::Io {
                 path: files.config.display().to_string(),

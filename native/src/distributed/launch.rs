@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::node_watch::NodeWatch;
-use super::rendezvous::{DEFAULT_MASTER_PORT, DEFAULT_TIMEOUT, TIMEOUT_VAR};
+use super::rendezvous::{DEFAULT_MASTER_PORT, DEFAULT_TIMEOUT, MAX_TIMEOUT_SECS, TIMEOUT_VAR};
 
 /// Arguments of `launch`.
 #[derive(Debug, Args)]
@@ -34,8 +34,8 @@ pub struct LaunchArgs {
     master_port: u16,
     /// Longest a rank waits for the others, in seconds: to connect, and in one exchange (a
     /// slower rank's step or checkpoint must fit; default 1800, as torch.distributed). A cut
-    /// link or a lost host is noticed sooner, within about 20 s.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// link or a lost host is noticed sooner, within about 11 s.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
     collective_timeout: Option<u64>,
     /// What each process runs: a bert-native subcommand (`pretrain ...`) or any program.
     #[arg(last = true, required = true)]

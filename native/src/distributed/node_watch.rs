@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,12 +49,15 @@ impl NodeWatch {
                 .with_context(|| format!("node 0's launcher cannot listen on port {port}"))?;
             let watch = watch.clone();
             std::thread::spawn(move || {
-                for _ in 1..nodes {
+                // Followed until every other node has greeted; strays and failed accepts do not
+                // use up a place.
+                let (greeted, wanted) = (Arc::new(AtomicUsize::new(0)), nodes - 1);
+                while greeted.load(Ordering::Relaxed) < wanted {
                     let Ok((stream, _)) = listener.accept() else {
-                        return;
+                        continue;
                     };
-                    let watch = watch.clone();
-                    std::thread::spawn(move || watch.follow_node(stream));
+                    let (watch, greeted) = (watch.clone(), Arc::clone(&greeted));
+                    std::thread::spawn(move || watch.follow_node(stream, nodes, &greeted));
                 }
             });
         } else {
@@ -71,13 +75,22 @@ impl NodeWatch {
                     {
                         let mut hello = HELLO.to_vec();
                         hello.extend((node_rank as u32).to_le_bytes());
-                        if stream.write_all(&hello).is_ok() {
-                            watch.watch(stream, "node 0 (the master)".into());
+                        match stream.write_all(&hello) {
+                            Ok(()) => watch.watch(stream, "node 0 (the master)".into()),
+                            Err(error) => {
+                                eprintln!(
+                                    "WARNING: node {node_rank} is not watching node 0: {error}"
+                                )
+                            }
                         }
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(200));
                 }
+                eprintln!(
+                    "WARNING: node 0's launcher never answered on {address}: node {node_rank} is \
+                     not watching it (a cut link is then noticed only by the collective)"
+                );
             });
         }
         Ok(watch)
@@ -88,13 +101,19 @@ impl NodeWatch {
         self.lost.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Node 0's side of one connection: the greeting names the node, then it is watched.
-    fn follow_node(&self, mut stream: TcpStream) {
+    /// Node 0's side of one connection: a greeting naming one of the `nodes` (within 10 s,
+    /// else the connection is a stray and dropped) counts in `greeted`, then it is watched.
+    fn follow_node(&self, mut stream: TcpStream, nodes: usize, greeted: &AtomicUsize) {
         let mut hello = [0u8; 12];
-        if stream.read_exact(&mut hello).is_err() || &hello[..8] != HELLO {
+        let greeting = stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .and_then(|()| stream.read_exact(&mut hello))
+            .and_then(|()| stream.set_read_timeout(None));
+        let node = u32::from_le_bytes(hello[8..].try_into().expect("4 bytes")) as usize;
+        if greeting.is_err() || &hello[..8] != HELLO || node == 0 || node >= nodes {
             return;
         }
-        let node = u32::from_le_bytes(hello[8..].try_into().expect("4 bytes"));
+        greeted.fetch_add(1, Ordering::Relaxed);
         self.watch(stream, format!("node {node}"));
     }
 

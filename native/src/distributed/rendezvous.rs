@@ -18,6 +18,10 @@ pub const TIMEOUT_VAR: &str = "BERT_COLLECTIVE_TIMEOUT";
 /// default of 30 minutes (a slow step or a checkpoint on another rank must fit in it).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// The longest collective timeout taken, in seconds (a year: a deadline this far stays
+/// representable).
+pub const MAX_TIMEOUT_SECS: u64 = 365 * 24 * 3600;
+
 /// This process's place in the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rendezvous {
@@ -89,7 +93,9 @@ impl Rendezvous {
             None => DEFAULT_MASTER_PORT,
         };
         let timeout = match number(TIMEOUT_VAR)? {
-            Some(0) => bail!("{TIMEOUT_VAR}=0: the collective timeout must be at least 1 second"),
+            Some(seconds) if seconds == 0 || seconds as u64 > MAX_TIMEOUT_SECS => bail!(
+                "{TIMEOUT_VAR}={seconds}: the collective timeout must be 1 to {MAX_TIMEOUT_SECS} seconds"
+            ),
             Some(seconds) => Duration::from_secs(seconds as u64),
             None => DEFAULT_TIMEOUT,
         };
@@ -192,7 +198,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(job.timeout, Duration::from_secs(90));
-        for bad in ["0", "soon"] {
+        for bad in ["0", "soon", "99999999999999"] {
             let error = Rendezvous::from_vars(env(&[
                 ("RANK", "0"),
                 ("WORLD_SIZE", "2"),

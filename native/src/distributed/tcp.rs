@@ -272,9 +272,9 @@ impl TcpCollective {
 
     fn lost_io(&self, rank: usize, error: std::io::Error) -> CollectiveError {
         let what = match error.kind() {
-            // The socket's own timeout: the peer is up but sent nothing.
+            // The socket's own timeout: the peer is up but neither sent nor read.
             std::io::ErrorKind::WouldBlock => format!(
-                "no data for {} s, the collective timeout (raise it with launch \
+                "no exchange for {} s, the collective timeout (raise it with launch \
                  --collective-timeout or {TIMEOUT_VAR} for longer steps)",
                 self.timeout.as_secs()
             ),

@@ -171,6 +171,14 @@ impl<B: Backend> ServedModel<B> {
             Task::QuestionAnswering | Task::Encoder => None,
         };
         if let Some((config, tokenizer, limit, model)) = pipeline {
+            if tokenizer.vocab_size() > config.vocab_size {
+                bail!(
+                    "{}: the vocabulary has {} entries but the model only {}: wrong vocabulary for this model",
+                    folder.display(),
+                    tokenizer.vocab_size(),
+                    config.vocab_size
+                );
+            }
             return Ok(Self {
                 name,
                 settings: ModelSettings {

@@ -103,6 +103,7 @@ fn one_pipeline_serves_many_threads() {
         })
         .collect();
     let alone = pipeline.classify(&texts).unwrap().scores;
+    assert_eq!(alone.len(), texts.len());
     let threads: Vec<_> = texts
         .iter()
         .cloned()
@@ -113,6 +114,7 @@ fn one_pipeline_serves_many_threads() {
         .collect();
     for (i, thread) in threads.into_iter().enumerate() {
         let scores = thread.join().unwrap();
+        assert_eq!(scores.len(), alone[i].len());
         for (ours, batched) in scores.iter().zip(&alone[i]) {
             assert_eq!(ours.index, batched.index, "text {i}");
             assert!((ours.score - batched.score).abs() < 1e-5, "text {i}");
