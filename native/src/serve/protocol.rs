@@ -442,11 +442,5 @@ mod tests {
                 error.0
             );
         }
-        let error = parse_infer(b"{}", Some(10), &config(), &OUTPUTS).unwrap_err();
-        assert!(
-            error.0.contains("Inference-Header-Content-Length"),
-            "{}",
-            error.0
-        );
     }
 }
