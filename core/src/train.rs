@@ -148,6 +148,9 @@ impl<AB: AutodiffBackend, M: AutodiffModule<AB>> Trainer<AB, M> {
         }
         let grads = accumulator.grads();
         let (mut params, placement) = module_params(&self.model, &grads);
+        // The gathered gradients are then the only holders of their buffers, which the CPU step
+        // writes its results over.
+        drop(grads);
         if let Some(data_parallel) = &self.data_parallel {
             data_parallel.average(&mut params, &mut sums)?;
         }

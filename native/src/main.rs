@@ -24,6 +24,22 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its `mi_option_t` enum in mimalloc.h; libmimalloc-sys
+/// names no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps the memory freed during a run mapped for reuse, unless `MIMALLOC_PURGE_DELAY` says
+/// otherwise. By default mimalloc returns memory left free for a second to the system, so a
+/// training step, whose large buffers come back only in the next step, faulted each one in
+/// afresh: a fifth of a BERT-base step on the CPU went to the kernel zeroing pages. The price is
+/// that the resident size stays at its peak (about 14% more for that step).
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's options, which it reads atomically; -1 means never purge.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
 /// BERT pretraining, fine-tuning and inference: NVIDIA's recipe, in Rust.
 #[derive(Debug, Parser)]
 #[command(name = "bert-native", version, about, after_help = AFTER_THE_QUICKSTART)]
@@ -100,6 +116,7 @@ fn is_subcommand(name: &str) -> bool {
 }
 
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     let result: Result<()> = match cli.command {
         Command::Encode(args) => commands::encode::run(args),
@@ -144,8 +161,21 @@ fn error_message(error: &anyhow::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::error_message;
+    use super::{error_message, MI_OPTION_PURGE_DELAY};
     use bert_core::error::PretrainedError;
+
+    #[test]
+    fn the_option_set_is_mimallocs_purge_delay() {
+        // Its value: the environment's, else mimalloc's default, 1000 ms, which no neighbouring
+        // option has.
+        let expected = std::env::var("MIMALLOC_PURGE_DELAY")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(1000);
+        // SAFETY: reads one of mimalloc's options.
+        let value = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(value, expected);
+    }
 
     #[test]
     fn error_messages_name_each_cause_once() {

@@ -3,7 +3,7 @@
 //! ([`precision`]).
 
 pub mod bert;
-mod cpu;
+pub(crate) mod cpu;
 pub mod heads;
 pub mod input;
 pub mod ops;

@@ -16,9 +16,10 @@
 //!
 //! On the GPU backends (burn-wgpu, burn-cuda) the step runs as bert-shaders' fused kernels over
 //! all parameters at once, as apex's multi-tensor kernels do (`lamb/fused.rs`): about a hundred
-//! launches for all of BERT-large's 398 tensors instead of eight per tensor. Elsewhere, and when
-//! [`Lamb::set_fused_kernels`] turns them off, it runs as the tensor operations below, which the
-//! kernels are tested against.
+//! launches for all of BERT-large's 398 tensors instead of eight per tensor. On the CPU (burn's
+//! Flex backend) it runs as two threaded passes over each parameter (`lamb/cpu.rs`), with the
+//! moments updated in place. Elsewhere, and when [`Lamb::set_fused_kernels`] turns them off, it
+//! runs as the tensor operations below, which both are tested against.
 
 use std::collections::BTreeMap;
 
@@ -84,6 +85,7 @@ impl LambConfig {
     }
 }
 
+mod cpu;
 mod fused;
 
 /// Substrings of parameter names that take no weight decay (`run_pretraining.py`'s `no_decay`).
@@ -151,8 +153,9 @@ impl<B: Backend> Lamb<B> {
         }
     }
 
-    /// Whether steps may run as bert-shaders' fused kernels where the backend has them (the
-    /// default); off, they run as plain tensor operations on every backend.
+    /// Whether steps may run as fused kernels where the backend has them (bert-shaders' on the
+    /// GPU backends, `lamb/cpu.rs` on Flex; the default); off, they run as plain tensor
+    /// operations on every backend.
     pub fn set_fused_kernels(&mut self, on: bool) {
         self.fused_kernels = on;
     }
@@ -200,12 +203,18 @@ impl<B: Backend> Lamb<B> {
         }
     }
 
-    /// Whether steps over `params` run as the fused kernels.
-    fn runs_fused(&self, params: &[NamedParam<B>]) -> bool {
+    /// Whether steps over `params` run as bert-shaders' fused GPU kernels.
+    fn runs_on_gpu_kernels(&self, params: &[NamedParam<B>]) -> bool {
         self.fused_kernels
             && params
                 .first()
                 .is_some_and(|param| bert_shaders::lamb::runs_on(&param.value))
+    }
+
+    /// Whether a step over `params` runs fused (the GPU kernels, or the CPU step on Flex) rather
+    /// than as plain tensor operations.
+    pub fn runs_fused(&self, params: &[NamedParam<B>]) -> bool {
+        self.runs_on_gpu_kernels(params) || (self.fused_kernels && cpu::runs_on(params))
     }
 
     /// One optimizer step at learning rate `lr` over all parameters.
@@ -217,7 +226,7 @@ impl<B: Backend> Lamb<B> {
     /// `sum over all gradients of sum(g^2)`: one fused reduction whose square root is the global
     /// gradient norm, and which is inf or NaN exactly when some gradient is.
     pub fn squared_grad_norm(&self, params: &[NamedParam<B>]) -> SquaredGradNorm<B> {
-        if self.runs_fused(params) {
+        if self.runs_on_gpu_kernels(params) {
             if let Some((squared, flat_grads)) = self
                 .layouts(params)
                 .and_then(|layouts| fused::squared_grad_norm(params, &layouts))
@@ -225,6 +234,14 @@ impl<B: Backend> Lamb<B> {
                 return SquaredGradNorm {
                     squared,
                     flat_grads: Some(flat_grads),
+                };
+            }
+        }
+        if self.fused_kernels {
+            if let Some(squared) = cpu::squared_grad_norm(params) {
+                return SquaredGradNorm {
+                    squared,
+                    flat_grads: None,
                 };
             }
         }
@@ -281,7 +298,7 @@ impl<B: Backend> Lamb<B> {
         } else {
             (1.0, 1.0)
         };
-        if self.runs_fused(&params) {
+        if self.runs_on_gpu_kernels(&params) {
             let coefficients = LambCoefficients {
                 beta1: config.beta1,
                 beta2: config.beta2,
@@ -301,6 +318,20 @@ impl<B: Backend> Lamb<B> {
         if let Some(flat) = self.flat_moments.take() {
             self.moments = flat.to_map();
         }
+        let corrections = (correction1, correction2);
+        let scalars = cpu::StepScalars::new(&config, corrections, lr, &clip_divisor);
+        let params = match scalars.filter(|_| self.fused_kernels) {
+            Some(scalars) => match self.step_on_cpu(params, &scalars) {
+                Ok(values) => {
+                    return LambStep {
+                        values,
+                        global_grad_norm,
+                    }
+                }
+                Err(params) => params,
+            },
+            None => params,
+        };
 
         let mut values = Vec::with_capacity(params.len());
         for NamedParam { name, value, grad } in params {

@@ -10,7 +10,7 @@ mod checkpoints;
 mod data_parallel_wgpu;
 mod fill_mask;
 mod flash_attention_wgpu;
-mod fused_lamb_wgpu;
+mod fused_lamb;
 mod golden_forward;
 mod golden_forward_half;
 mod golden_forward_wgpu;

@@ -83,6 +83,54 @@ pub(crate) fn runs_on<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool
         && (primitive == TypeId::of::<FlexTensor>() || primitive == TypeId::of::<TrackedTensor>())
 }
 
+/// A one-dimensional float32 tensor of plain Flex (no autodiff) as its values, laid out from
+/// the start of its own buffer: read in place, and written over in place when no other tensor
+/// shares the buffer (else the first write copies it).
+pub(crate) struct FlatValues(FlexTensor);
+
+impl FlatValues {
+    /// Whether [`Self::of`] takes `tensor`: float32 on plain Flex.
+    pub(crate) fn takes<B: Backend>(tensor: &Tensor<B, 1>) -> bool {
+        tensor.dtype() == DType::F32
+            && TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<FlexTensor>()
+    }
+
+    /// The values of `tensor`, when [`Self::takes`] it.
+    pub(crate) fn of<B: Backend>(tensor: Tensor<B, 1>) -> Option<Self> {
+        if !Self::takes(&tensor) {
+            return None;
+        }
+        let mut slot = Some(owned_float32(tensor));
+        let flex = (&mut slot as &mut dyn Any)
+            .downcast_mut::<Option<FlexTensor>>()
+            .and_then(Option::take)?;
+        Some(Self(flex.to_contiguous()))
+    }
+
+    /// `len` zeros.
+    pub(crate) fn zeros(len: usize) -> Self {
+        Self(flex::tensor(
+            vec![0.0; len],
+            burn::tensor::Shape::new([len]),
+        ))
+    }
+
+    /// The values.
+    pub(crate) fn get(&self) -> &[f32] {
+        self.0.storage::<f32>()
+    }
+
+    /// The values to write over: this tensor's own buffer, copied first if it is shared.
+    pub(crate) fn get_mut(&mut self) -> &mut [f32] {
+        self.0.storage_mut::<f32>()
+    }
+
+    /// The values as a tensor of backend `B`, the one [`Self::of`] took them from.
+    pub(crate) fn into_tensor<B: Backend>(self) -> Tensor<B, 1> {
+        into_tensor(self.0)
+    }
+}
+
 /// `LayerNorm(input + residual)`, or of `input` alone, over the last dimension, on Flex (written
 /// over `input`'s buffer in inference when no other tensor shares it); `input` back on other
 /// backends.

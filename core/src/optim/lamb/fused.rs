@@ -1,7 +1,7 @@
 //! The NVLAMB step as bert-shaders' fused kernels: the parameters laid one after the other in
 //! flat buffers (a tensor larger than [`FLAT_BUFFER_LEN`] gets one of its own), and each buffer
 //! stepped in five kernel launches whatever its number of tensors, as apex's multi-tensor LAMB
-//! does. The result is the plain step's (`tests/tests/suite/fused_lamb_wgpu.rs` compares them).
+//! does. The result is the plain step's (`tests/tests/suite/fused_lamb.rs` compares them).
 //!
 //! The moments stay in their flat buffers between steps, with the buffers' layouts (so a step
 //! over the same parameters builds none), and are cut into tensors only when asked for

@@ -1,29 +1,32 @@
-//! bert-shaders' fused NVLAMB kernels (CubeCL, here compiled to WGSL for Mesa's lavapipe) against
-//! the plain-tensor NVLAMB on the same wgpu device: three fused steps of each trust-ratio variant
-//! over tensors of one, several and partial chunks, with and without clipping and a loss scale,
-//! then a fourth step with the kernels turned off (the moments leave their flat buffers).
+//! The fused NVLAMB steps against the plain-tensor NVLAMB on the same device: bert-shaders' CubeCL
+//! kernels (compiled to WGSL for Mesa's lavapipe) on wgpu, and bert-core's two-pass CPU step on
+//! Flex. Three fused steps of each trust-ratio variant over tensors of one, several and partial
+//! chunks (and, on Flex, of several threaded pieces), with and without clipping and a loss scale,
+//! then a fourth step with the fused kernels turned off (on wgpu the moments leave their flat
+//! buffers).
 
 use bert_core::optim::{Lamb, LambConfig, NamedParam, TrustRatio};
+use burn::backend::flex::{Flex, FlexDevice};
 use burn::backend::wgpu::{Wgpu, WgpuDevice};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
-type B = Wgpu;
-
 /// Parameter names and sizes: a matrix of two chunks and a bit, a tiny bias, exactly one chunk,
-/// LayerNorm weights, and a tensor smaller than a cube.
-const PARAMS: [(&str, usize); 5] = [
+/// LayerNorm weights, a tensor smaller than a cube, and one of three CPU pieces and a bit.
+const PARAMS: [(&str, usize); 6] = [
     ("encoder.layer.0.attention.query.weight", 9000),
     ("encoder.layer.0.attention.query.bias", 3),
     ("encoder.layer.0.intermediate.dense.weight", 4096),
     ("encoder.layer.0.output.LayerNorm.gamma", 384),
     ("cls.predictions.decoder.weight", 100),
+    ("embeddings.word_embeddings.weight", 3 * 32768 + 5),
 ];
 
-fn random(len: usize, scale: f64, device: &WgpuDevice) -> Tensor<B, 1> {
+fn random<B: Backend>(len: usize, scale: f64, device: &B::Device) -> Tensor<B, 1> {
     Tensor::random([len], Distribution::Normal(0.0, scale), device)
 }
 
-fn host(tensor: &Tensor<B, 1>) -> Vec<f32> {
+fn host<B: Backend>(tensor: &Tensor<B, 1>) -> Vec<f32> {
     tensor.clone().into_data().to_vec().unwrap()
 }
 
@@ -38,14 +41,13 @@ fn assert_close(what: &str, actual: &[f32], expected: &[f32]) {
 }
 
 /// Three steps with both optimizers from the same values and gradients.
-fn compare(config: LambConfig, gradient_scale: f64, grad_std: f64) {
-    let device = WgpuDevice::default();
+fn compare<B: Backend>(device: &B::Device, config: LambConfig, gradient_scale: f64, grad_std: f64) {
     let mut fused = Lamb::<B>::new(config);
     let mut plain = Lamb::<B>::new(config);
     plain.set_fused_kernels(false);
     let mut fused_values: Vec<Tensor<B, 1>> = PARAMS
         .iter()
-        .map(|(_, len)| random(*len, 0.05, &device))
+        .map(|(_, len)| random(*len, 0.05, device))
         .collect();
     let mut plain_values = fused_values.clone();
     for step in 1..=4 {
@@ -54,7 +56,7 @@ fn compare(config: LambConfig, gradient_scale: f64, grad_std: f64) {
         }
         let grads: Vec<Tensor<B, 1>> = PARAMS
             .iter()
-            .map(|(_, len)| random(*len, grad_std, &device) * gradient_scale)
+            .map(|(_, len)| random(*len, grad_std, device) * gradient_scale)
             .collect();
         let named = |values: &[Tensor<B, 1>]| -> Vec<NamedParam<B>> {
             PARAMS
@@ -104,17 +106,13 @@ fn compare(config: LambConfig, gradient_scale: f64, grad_std: f64) {
     }
 }
 
-#[test]
-fn fused_lamb_matches_the_plain_step() {
-    let probe = Tensor::<B, 1>::zeros([1], &WgpuDevice::default());
-    assert!(
-        bert_shaders::lamb::runs_on(&probe),
-        "the kernels run on this wgpu device"
-    );
+/// Each trust-ratio variant, with and without clipping and a loss scale, on `device`.
+fn compare_variants<B: Backend>(device: &B::Device) {
     // Gradients small enough not to be clipped, then large ones clipped to norm 1.
-    compare(LambConfig::default(), 1.0, 1e-4);
-    compare(LambConfig::default(), 1.0, 1.0);
-    compare(
+    compare::<B>(device, LambConfig::default(), 1.0, 1e-4);
+    compare::<B>(device, LambConfig::default(), 1.0, 1.0);
+    compare::<B>(
+        device,
         LambConfig {
             trust_ratio: TrustRatio::Always,
             ..LambConfig::default()
@@ -123,7 +121,23 @@ fn fused_lamb_matches_the_plain_step() {
         1.0,
     );
     // The fine-tuning Adam (no trust ratio, no bias correction), gradients under a loss scale.
-    compare(LambConfig::fine_tuning_adam(), 1024.0, 0.1);
+    compare::<B>(device, LambConfig::fine_tuning_adam(), 1024.0, 0.1);
+}
+
+#[test]
+fn fused_lamb_matches_the_plain_step_on_wgpu() {
+    let device = WgpuDevice::default();
+    let probe = Tensor::<Wgpu, 1>::zeros([1], &device);
+    assert!(
+        bert_shaders::lamb::runs_on(&probe),
+        "the kernels run on this wgpu device"
+    );
+    compare_variants::<Wgpu>(&device);
+}
+
+#[test]
+fn cpu_lamb_matches_the_plain_step_on_flex() {
+    compare_variants::<Flex>(&FlexDevice);
 }
 
 /// Laying out more tensors than one launch of the copy kernel binds (it takes a few dozen at
@@ -136,7 +150,7 @@ fn many_tensors_are_laid_out_exactly() {
     // 75 tensors of one element to several chunks, in an irregular order.
     let lens: Vec<usize> = (0..75).map(|i| 1 + (i * 977) % 9001).collect();
     let layout = FlatLayout::of_lengths(lens.iter().copied()).unwrap();
-    let tensors: Vec<Tensor<B, 1>> = lens.iter().map(|&len| random(len, 1.0, &device)).collect();
+    let tensors: Vec<Tensor<Wgpu, 1>> = lens.iter().map(|&len| random(len, 1.0, &device)).collect();
     let flat = host(&bert_shaders::lamb::lay_out(&tensors, &layout).expect("the kernels run here"));
     assert_eq!(flat.len(), layout.len());
     for (index, (tensor, &offset)) in tensors.iter().zip(layout.offsets()).enumerate() {
