@@ -37,8 +37,9 @@ pub struct QuickstartArgs {
     /// People in the fictional world (articles: about 1.6 times as many).
     #[arg(long, default_value_t = 800)]
     people: usize,
-    /// Pretraining steps (32 sequences each).
-    #[arg(long, default_value_t = 200)]
+    /// Pretraining steps (32 sequences each). With the default seed, held-out masked-LM
+    /// accuracy was 19% after 200 steps and 25% after 300, and question answering F1 75 and 84.
+    #[arg(long, default_value_t = 300)]
     steps: u64,
     /// Question-answering fine-tuning epochs. Four keep the result off a cliff: with the
     /// default seed, held-out F1 was 39 after two epochs, 61 after three and 78 after four.

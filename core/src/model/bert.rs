@@ -27,7 +27,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
-use crate::model::ops::{self, attention, LayerNorm};
+use crate::model::ops::{self, attention, dropout, LayerNorm};
 use crate::model::precision::{full, linear, Precision};
 use crate::model::BertInput;
 
@@ -78,7 +78,7 @@ impl<B: Backend> BertEmbeddings<B> {
         let embeddings = self.word_embeddings.forward(input_ids)
             + self.position_embeddings.forward(position_ids)
             + self.token_type_embeddings.forward(token_type_ids);
-        self.dropout.forward(self.layer_norm.forward(embeddings))
+        dropout(&self.dropout, self.layer_norm.forward(embeddings))
     }
 }
 
@@ -178,9 +178,10 @@ impl<B: Backend> BertLayer<B> {
         let attention_output = self
             .attention
             .forward(hidden_states.clone(), key_mask, precision);
-        let hidden_states = self
-            .attention_layer_norm
-            .forward_residual(self.dropout.forward(full(attention_output)), hidden_states);
+        let hidden_states = self.attention_layer_norm.forward_residual(
+            dropout(&self.dropout, full(attention_output)),
+            hidden_states,
+        );
 
         let intermediate = activation(
             self.hidden_act,
@@ -188,7 +189,7 @@ impl<B: Backend> BertLayer<B> {
         );
         let feed_forward_output = full(linear(&self.output, intermediate, precision));
         self.output_layer_norm
-            .forward_residual(self.dropout.forward(feed_forward_output), hidden_states)
+            .forward_residual(dropout(&self.dropout, feed_forward_output), hidden_states)
     }
 }
 

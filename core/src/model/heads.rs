@@ -8,7 +8,7 @@ use burn::tensor::Tensor;
 
 use crate::config::{BertConfig, HiddenAct};
 use crate::model::bert::{activation, dense, layer_norm, BertModel};
-use crate::model::ops::LayerNorm;
+use crate::model::ops::{dropout, LayerNorm};
 use crate::model::precision::{full, linear, matmul, Precision};
 use crate::model::BertInput;
 
@@ -174,7 +174,7 @@ impl<B: Backend> BertForSequenceClassification<B> {
     pub fn forward(&self, input: BertInput<B>) -> Tensor<B, 2> {
         let precision = self.bert.precision;
         let output = self.bert.forward(input);
-        let pooled_output = self.dropout.forward(pooled(output.pooled_output));
+        let pooled_output = dropout(&self.dropout, pooled(output.pooled_output));
         full(linear(&self.classifier, pooled_output, precision))
     }
 }

@@ -92,6 +92,30 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     }
 }
 
+/// `dropout` of `x` in training (burn's `Dropout::forward`: `x · keep / (1 - p)`), its keep mask
+/// drawn by [`keep_mask`]; `x` itself in inference.
+pub fn dropout<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -> Tensor<B, D> {
+    let device = x.device();
+    if !B::ad_enabled(&device) || dropout.prob == 0.0 {
+        return x;
+    }
+    let keep = keep_mask(x.dims(), dropout, &device);
+    x * keep * (1.0 / (1.0 - dropout.prob))
+}
+
+/// A keep mask of `shape` for `dropout` (1 with probability `1 - p`, else 0), drawn from the
+/// backend's seeded generator: on Flex by bert-core's threaded counter-based draw
+/// (`model::cpu`), elsewhere by burn's Bernoulli draw, as `Dropout` does.
+fn keep_mask<B: Backend, const D: usize>(
+    shape: [usize; D],
+    dropout: &Dropout,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let keep = 1.0 - dropout.prob;
+    cpu::keep_mask(shape, keep, device)
+        .unwrap_or_else(|| Tensor::random(shape, Distribution::Bernoulli(keep), device))
+}
+
 /// Multi-head scaled dot-product attention over `[B, S, H]` queries, keys and values split into
 /// `heads` heads: `softmax(Q·Kᵀ / sqrt(H / heads) + mask) · V` per head, the probabilities
 /// dropped out in training, the heads' contexts side by side as `[B, S, H]`, in the products'
@@ -111,14 +135,8 @@ pub fn attention<B: Backend>(
     if let KeyMask::Additive(bias) = key_mask {
         if precision.half_dtype().is_none() && cpu::runs_on(&query) {
             let device = query.device();
-            // The same keep mask, drawn from the same generator, as `Dropout` draws.
-            let keep = (B::ad_enabled(&device) && dropout.prob > 0.0).then(|| {
-                Tensor::random(
-                    [batch_size, heads, seq_len, seq_len],
-                    Distribution::Bernoulli(1.0 - dropout.prob),
-                    &device,
-                )
-            });
+            let keep = (B::ad_enabled(&device) && dropout.prob > 0.0)
+                .then(|| keep_mask([batch_size, heads, seq_len, seq_len], dropout, &device));
             let key_bias = bias.clone().reshape([batch_size, seq_len]);
             if let Some(context) = cpu::attention(
                 [&query, &key, &value],
@@ -145,7 +163,7 @@ pub fn attention<B: Backend>(
                 + attention_bias.clone();
             let probabilities = match drawn_keep {
                 Some(keep) => softmax(scores, 3) * keep / (1.0 - dropout.prob),
-                None => dropout.forward(softmax(scores, 3)),
+                None => self::dropout(dropout, softmax(scores, 3)),
             };
             matmul(probabilities, value, precision)
         }

@@ -309,6 +309,32 @@ vectorized! {
     }
 }
 
+/// A dropout keep mask of `len` elements: 1 where kept (with probability `keep_threshold / 2²⁴`),
+/// else 0. Element `i` is decided by a hash of `(key, i)` alone (SplitMix64's finaliser over a
+/// Weyl sequence, two independent keys), so the mask is the same on any number of threads.
+pub(crate) fn keep_mask(len: usize, key: [u64; 2], keep_threshold: u32) -> Vec<f32> {
+    let mut mask = vec![0.0; len];
+    mask.par_chunks_mut(ELEMENTS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, piece)| {
+            let first = (task * ELEMENTS_PER_TASK) as u64;
+            keep_mask_piece(piece, first, key, keep_threshold);
+        });
+    mask
+}
+
+vectorized! {
+    fn keep_mask_piece(mask: &mut [f32], first: u64, key: [u64; 2], keep_threshold: u32) {
+        for (i, keep) in (first..).zip(mask.iter_mut()) {
+            let mut z = key[0].wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ key[1];
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            *keep = if ((z >> 40) as u32) < keep_threshold { 1.0 } else { 0.0 };
+        }
+    }
+}
+
 /// The sizes of a multi-head attention: `[batch, seq, heads · head_size]` queries, keys, values
 /// and context, `[batch, heads, seq, seq]` probabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

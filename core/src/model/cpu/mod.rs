@@ -21,7 +21,7 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Distribution, Tensor, TensorData, TensorPrimitive};
 
 use kernels::AttentionShape;
 
@@ -81,6 +81,36 @@ pub(crate) fn runs_on<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool
     let primitive = TypeId::of::<B::FloatTensorPrimitive>();
     tensor.dtype() == DType::F32
         && (primitive == TypeId::of::<FlexTensor>() || primitive == TypeId::of::<TrackedTensor>())
+}
+
+/// A dropout keep mask of `shape` (1 kept, with probability `keep`, else 0) on Flex, with or
+/// without autodiff, drawn by a counter-based hash whose key comes from the backend's seeded
+/// generator: the same seed gives the same masks, on any number of threads, at a fraction of the
+/// cost of burn's per-element Bernoulli draws. `None` on other backends.
+pub(crate) fn keep_mask<B: Backend, const D: usize>(
+    shape: [usize; D],
+    keep: f64,
+    device: &B::Device,
+) -> Option<Tensor<B, D>> {
+    let primitive = TypeId::of::<B::FloatTensorPrimitive>();
+    if primitive != TypeId::of::<FlexTensor>() && primitive != TypeId::of::<TrackedTensor>() {
+        return None;
+    }
+    // Four uniform float32 draws: 24 random bits each, 96 for the key.
+    let draws: Vec<f32> = Tensor::<B, 1>::random([4], Distribution::Uniform(0.0, 1.0), device)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .ok()?;
+    let bits = draws
+        .iter()
+        .map(|&u| u64::from((u * (1u32 << 24) as f32) as u32));
+    let [a, b, c, d]: [u64; 4] = bits.collect::<Vec<_>>().try_into().ok()?;
+    let key = [a << 40 | b << 16 | c >> 8, c << 56 | d];
+    let keep_threshold = (keep.clamp(0.0, 1.0) * f64::from(1u32 << 24)).round() as u32;
+    let len = shape.iter().product();
+    let mask = kernels::keep_mask(len, key, keep_threshold);
+    Some(Tensor::from_data(TensorData::new(mask, shape), device))
 }
 
 /// A one-dimensional float32 tensor of plain Flex (no autodiff) as its values, laid out from
@@ -601,5 +631,45 @@ mod tests {
         assert!(super::gelu(x.cast(burn::tensor::DType::F16)).is_err());
         let y = tensor::<NdArray, 2>(&[1.0, 2.0], [1, 2]);
         assert!(super::gelu(y).is_err());
+    }
+
+    #[test]
+    fn keep_masks_keep_their_share() {
+        let device = Default::default();
+        let draw =
+            || values(super::keep_mask::<Fused, 2>([1024, 1024], 0.9, &device).expect("on Flex"));
+        let (first, second) = (draw(), draw());
+        assert_ne!(first, second, "consecutive draws differ");
+        for mask in [&first, &second] {
+            assert!(mask.iter().all(|&v| v == 0.0 || v == 1.0));
+            // 2^20 draws: the kept share's standard deviation is 3e-4.
+            let kept = mask.iter().sum::<f32>() / mask.len() as f32;
+            assert!((kept - 0.9).abs() < 2e-3, "kept {kept}");
+        }
+        // Neighbouring elements are independent: a kept element is followed by a kept one
+        // 90% of the time, as any element is.
+        let pairs = first.windows(2).filter(|w| w[0] == 1.0);
+        let (after_kept, both) = pairs.fold((0.0, 0.0), |(n, k), w| (n + 1.0, k + w[1]));
+        assert!((both / after_kept - 0.9f32).abs() < 2e-3);
+        let all = values(super::keep_mask::<Flex, 1>([1000], 1.0, &device).expect("on Flex"));
+        assert!(all.iter().all(|&v| v == 1.0), "keep 1 keeps everything");
+        assert!(super::keep_mask::<NdArray, 1>([4], 0.5, &Default::default()).is_none());
+    }
+
+    #[test]
+    fn a_keep_mask_depends_on_its_key_alone() {
+        // (The key comes from the backend's seeded generator; the native tests check that a
+        // seed reproduces whole training runs.)
+        let mask = |threads, key| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(|| super::kernels::keep_mask(100_003, key, 1 << 23))
+        };
+        let one = mask(1, [1, 2]);
+        assert_eq!(one, mask(2, [1, 2]));
+        assert_eq!(one, mask(3, [1, 2]));
+        assert_ne!(one, mask(1, [1, 3]), "another key, another mask");
     }
 }
