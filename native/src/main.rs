@@ -28,13 +28,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// names no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Keeps the memory freed during a run mapped for reuse, unless `MIMALLOC_PURGE_DELAY` says
-/// otherwise. By default mimalloc returns memory left free for a second to the system, so a
-/// training step, whose large buffers come back only in the next step, faulted each one in
-/// afresh: a fifth of a BERT-base step on the CPU went to the kernel zeroing pages. The price is
-/// that the resident size stays at its peak (about 14% more for that step).
+/// Keeps the memory freed during a run mapped for reuse, unless the environment sets mimalloc's
+/// purge delay (`MIMALLOC_PURGE_DELAY`, or its older name `MIMALLOC_RESET_DELAY`). By default
+/// mimalloc returns memory left free for a second to the system, so a training step, whose large
+/// buffers come back only in the next step, faulted each one in afresh: about 15% of a BERT-base
+/// step on the CPU went to the kernel zeroing pages. The price is that the resident size stays at
+/// its peak (13% more for that run), which is why `serve`, which runs for days through bursts,
+/// keeps mimalloc's default.
 fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    let set_by_environment = ["MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some());
+    if !set_by_environment {
         // SAFETY: sets one of mimalloc's options, which it reads atomically; -1 means never purge.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
@@ -116,8 +121,10 @@ fn is_subcommand(name: &str) -> bool {
 }
 
 fn main() {
-    keep_freed_memory();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        keep_freed_memory();
+    }
     let result: Result<()> = match cli.command {
         Command::Encode(args) => commands::encode::run(args),
         Command::Embed(args) => commands::embed::run(args),

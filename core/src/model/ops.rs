@@ -92,28 +92,21 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     }
 }
 
-/// `dropout` of `x` in training (burn's `Dropout::forward`: `x · keep / (1 - p)`), its keep mask
-/// drawn by [`keep_mask`]; `x` itself in inference.
+/// `dropout` of `x` in training (burn's `Dropout::forward`: `x · keep / (1 - p)`), the keep mask
+/// drawn from the backend's seeded generator (on Flex in float32 by `model::cpu`'s threaded
+/// draw, elsewhere by burn's Bernoulli draw in `x`'s dtype, as `Dropout` does); `x` itself in
+/// inference.
 pub fn dropout<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -> Tensor<B, D> {
     let device = x.device();
     if !B::ad_enabled(&device) || dropout.prob == 0.0 {
         return x;
     }
-    let keep = keep_mask(x.dims(), dropout, &device);
-    x * keep * (1.0 / (1.0 - dropout.prob))
-}
-
-/// A keep mask of `shape` for `dropout` (1 with probability `1 - p`, else 0), drawn from the
-/// backend's seeded generator: on Flex by bert-core's threaded counter-based draw
-/// (`model::cpu`), elsewhere by burn's Bernoulli draw, as `Dropout` does.
-fn keep_mask<B: Backend, const D: usize>(
-    shape: [usize; D],
-    dropout: &Dropout,
-    device: &B::Device,
-) -> Tensor<B, D> {
     let keep = 1.0 - dropout.prob;
-    cpu::keep_mask(shape, keep, device)
-        .unwrap_or_else(|| Tensor::random(shape, Distribution::Bernoulli(keep), device))
+    let mask = cpu::runs_on(&x)
+        .then(|| cpu::keep_mask(x.dims(), keep, &device))
+        .flatten()
+        .unwrap_or_else(|| x.random_like(Distribution::Bernoulli(keep)));
+    x * mask * (1.0 / keep)
 }
 
 /// Multi-head scaled dot-product attention over `[B, S, H]` queries, keys and values split into
@@ -135,8 +128,13 @@ pub fn attention<B: Backend>(
     if let KeyMask::Additive(bias) = key_mask {
         if precision.half_dtype().is_none() && cpu::runs_on(&query) {
             let device = query.device();
+            // Flex's float32 (`runs_on` above), so `model::cpu` draws the keep mask.
             let keep = (B::ad_enabled(&device) && dropout.prob > 0.0)
-                .then(|| keep_mask([batch_size, heads, seq_len, seq_len], dropout, &device));
+                .then(|| {
+                    let shape = [batch_size, heads, seq_len, seq_len];
+                    cpu::keep_mask(shape, 1.0 - dropout.prob, &device)
+                })
+                .flatten();
             let key_bias = bias.clone().reshape([batch_size, seq_len]);
             if let Some(context) = cpu::attention(
                 [&query, &key, &value],

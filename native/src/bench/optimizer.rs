@@ -1,8 +1,8 @@
 //! `bert-native bench optimizer`: one NVLAMB step over every parameter of a configuration
 //! (BERT-large: 398 tensors, 335M values), fused (bert-shaders' kernels on the GPU backends, the
 //! two-pass CPU step on Flex) and as plain tensor operations, on the same backend in the same
-//! run: the before and after of the fused step. Both start from the same values and gradients; the report gives their largest
-//! difference after the first step beside the timings.
+//! run: the before and after of the fused step. Both start from the same values and gradients;
+//! the report gives their largest difference after the first step beside the timings.
 
 use std::path::PathBuf;
 

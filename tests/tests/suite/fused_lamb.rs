@@ -140,6 +140,54 @@ fn cpu_lamb_matches_the_plain_step_on_flex() {
     compare_variants::<Flex>(&FlexDevice);
 }
 
+/// Where no norm enters the step (no trust ratio, no clipping), the CPU step computes the plain
+/// step's float32 operations in the same order: the same bits, values and moments.
+#[test]
+fn cpu_lamb_is_the_plain_step_bit_for_bit_where_no_norm_enters() {
+    let device = FlexDevice;
+    let config = LambConfig {
+        trust_ratio: TrustRatio::Never,
+        max_grad_norm: 0.0,
+        ..LambConfig::default()
+    };
+    let mut fused = Lamb::<Flex>::new(config);
+    let mut plain = Lamb::<Flex>::new(config);
+    plain.set_fused_kernels(false);
+    let mut values: Vec<Tensor<Flex, 1>> = PARAMS
+        .iter()
+        .map(|(_, len)| random(*len, 0.05, &device))
+        .collect();
+    for step in 1..=3 {
+        let params: Vec<NamedParam<Flex>> = PARAMS
+            .iter()
+            .zip(&values)
+            .map(|((name, len), value)| NamedParam {
+                name: name.to_string(),
+                value: value.clone(),
+                grad: random(*len, 0.1, &device),
+            })
+            .collect();
+        assert!(fused.runs_fused(&params) && !plain.runs_fused(&params));
+        let fused_step = fused.step(1e-2, params.clone());
+        let plain_step = plain.step(1e-2, params);
+        for (((name, _), f), p) in PARAMS
+            .iter()
+            .zip(&fused_step.values)
+            .zip(&plain_step.values)
+        {
+            assert_eq!(host(f), host(p), "step {step} {name}");
+            let (fm, pm) = (&fused.moments()[*name], &plain.moments()[*name]);
+            assert_eq!(host(&fm.exp_avg), host(&pm.exp_avg), "step {step} {name} m");
+            assert_eq!(
+                host(&fm.exp_avg_sq),
+                host(&pm.exp_avg_sq),
+                "step {step} {name} v"
+            );
+        }
+        values = fused_step.values;
+    }
+}
+
 /// Laying out more tensors than one launch of the copy kernel binds (it takes a few dozen at
 /// most): every tensor lands at its offset, whole, whatever launch copied it.
 #[test]

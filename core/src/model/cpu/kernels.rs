@@ -1,7 +1,7 @@
 //! The kernels on float32 slices, row-major, threaded with rayon: LayerNorm (with the residual
 //! sum folded in), GELU, and scaled dot-product attention over all heads (products by the `gemm`
 //! crate on strided views, so the heads are never split out into copies), each with its backward
-//! pass.
+//! pass; and dropout keep masks.
 //!
 //! Every result is independent of the number of threads: work is cut into pieces of a fixed
 //! size, each piece computed in one fixed order, and sums across pieces (the LayerNorm parameter

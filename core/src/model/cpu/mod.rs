@@ -1,7 +1,9 @@
 //! Fused CPU kernels for burn's Flex backend: fully connected layers (product and bias in one
 //! pass), LayerNorm with its residual sum, GELU, and multi-head attention as one operation, each
 //! threaded and vectorised, in inference (`Flex`) and in training (`Autodiff<Flex>`, with
-//! hand-written backward passes registered in burn's graph).
+//! hand-written backward passes registered in burn's graph); and dropout keep masks drawn in
+//! parallel. [`FlatValues`] hands a parameter's buffer to the optimizer's CPU step
+//! (`optim/lamb/cpu.rs`).
 //!
 //! burn 0.21's Flex computes these as many separate passes (attention, and a product then its
 //! bias, each product's result copied once more into a freshly aligned buffer) or on one thread
@@ -83,8 +85,8 @@ pub(crate) fn runs_on<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool
         && (primitive == TypeId::of::<FlexTensor>() || primitive == TypeId::of::<TrackedTensor>())
 }
 
-/// A dropout keep mask of `shape` (1 kept, with probability `keep`, else 0) on Flex, with or
-/// without autodiff, drawn by a counter-based hash whose key comes from the backend's seeded
+/// A dropout keep mask of `shape` (1 kept, with probability `keep`, else 0), float32 on Flex, with
+/// or without autodiff, drawn by a counter-based hash whose key comes from the backend's seeded
 /// generator: the same seed gives the same masks, on any number of threads, at a fraction of the
 /// cost of burn's per-element Bernoulli draws. `None` on other backends.
 pub(crate) fn keep_mask<B: Backend, const D: usize>(
@@ -96,7 +98,8 @@ pub(crate) fn keep_mask<B: Backend, const D: usize>(
     if primitive != TypeId::of::<FlexTensor>() && primitive != TypeId::of::<TrackedTensor>() {
         return None;
     }
-    // Four uniform float32 draws: 24 random bits each, 96 for the key.
+    // Four uniform float32 draws: 23 random bits each (burn's uniform float32 has 23; scaled by
+    // 2^24 the lowest bit is 0), 92 for the key.
     let draws: Vec<f32> = Tensor::<B, 1>::random([4], Distribution::Uniform(0.0, 1.0), device)
         .into_data()
         .convert::<f32>()

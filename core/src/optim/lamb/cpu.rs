@@ -365,4 +365,27 @@ mod tests {
         assert_eq!(one, two_steps(2));
         assert_eq!(one, two_steps(3));
     }
+
+    #[test]
+    fn moments_held_elsewhere_are_left_as_they_were() {
+        // A checkpoint holds the moments (clones sharing their buffers) while the next step
+        // updates them: the step copies them first instead of writing under the checkpoint.
+        let mut lamb = Lamb::<Flex>::new(LambConfig::default());
+        lamb.step(1e-2, params(1));
+        let held = lamb.moments();
+        let before: Vec<Vec<f32>> = held
+            .values()
+            .flat_map(|m| [host(m.exp_avg.clone()), host(m.exp_avg_sq.clone())])
+            .collect();
+        lamb.step(1e-2, params(2));
+        let after: Vec<Vec<f32>> = held
+            .values()
+            .flat_map(|m| [host(m.exp_avg.clone()), host(m.exp_avg_sq.clone())])
+            .collect();
+        assert_eq!(before, after);
+        assert_ne!(
+            host(lamb.moments()["dense.bias"].exp_avg.clone()),
+            before[0]
+        );
+    }
 }
