@@ -262,7 +262,7 @@ impl<B: Backend> Lamb<B> {
     pub fn step_scaled(
         &mut self,
         lr: f64,
-        params: Vec<NamedParam<B>>,
+        mut params: Vec<NamedParam<B>>,
         norm: SquaredGradNorm<B>,
         gradient_scale: f64,
     ) -> LambStep<B> {
@@ -318,20 +318,20 @@ impl<B: Backend> Lamb<B> {
         if let Some(flat) = self.flat_moments.take() {
             self.moments = flat.to_map();
         }
-        let corrections = (correction1, correction2);
-        let scalars = cpu::StepScalars::new(&config, corrections, lr, &clip_divisor);
-        let params = match scalars.filter(|_| self.fused_kernels) {
-            Some(scalars) => match self.step_on_cpu(params, &scalars) {
-                Ok(values) => {
-                    return LambStep {
-                        values,
-                        global_grad_norm,
+        if self.fused_kernels {
+            let corrections = (correction1, correction2);
+            if let Some(scalars) = cpu::StepScalars::new(&config, corrections, lr, &clip_divisor) {
+                match self.step_on_cpu(params, &scalars) {
+                    Ok(values) => {
+                        return LambStep {
+                            values,
+                            global_grad_norm,
+                        }
                     }
+                    Err(returned) => params = returned,
                 }
-                Err(params) => params,
-            },
-            None => params,
-        };
+            }
+        }
 
         let mut values = Vec::with_capacity(params.len());
         for NamedParam { name, value, grad } in params {

@@ -80,9 +80,13 @@ fn into_tensor<B: Backend, const D: usize, T: 'static>(primitive: T) -> Tensor<B
 
 /// Whether the kernels take `tensor`: float32 on Flex, with or without autodiff.
 pub(crate) fn runs_on<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> bool {
+    tensor.dtype() == DType::F32 && is_flex::<B>()
+}
+
+/// Whether `B` is Flex, with or without autodiff.
+fn is_flex<B: Backend>() -> bool {
     let primitive = TypeId::of::<B::FloatTensorPrimitive>();
-    tensor.dtype() == DType::F32
-        && (primitive == TypeId::of::<FlexTensor>() || primitive == TypeId::of::<TrackedTensor>())
+    primitive == TypeId::of::<FlexTensor>() || primitive == TypeId::of::<TrackedTensor>()
 }
 
 /// A dropout keep mask of `shape` (1 kept, with probability `keep`, else 0), float32 on Flex, with
@@ -94,8 +98,7 @@ pub(crate) fn keep_mask<B: Backend, const D: usize>(
     keep: f64,
     device: &B::Device,
 ) -> Option<Tensor<B, D>> {
-    let primitive = TypeId::of::<B::FloatTensorPrimitive>();
-    if primitive != TypeId::of::<FlexTensor>() && primitive != TypeId::of::<TrackedTensor>() {
+    if !is_flex::<B>() {
         return None;
     }
     // Four uniform float32 draws: 23 random bits each (burn's uniform float32 has 23; scaled by
@@ -273,7 +276,7 @@ pub(crate) fn attention<B: Backend>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Each kernel against the plain composition of burn operations it replaces, forward and
     //! backward, on random shapes and values, masks and dropout included: the kernels on Flex
     //! (under autodiff) in float32, the plain form on ndarray in float64 (the exact figure, which
@@ -294,7 +297,7 @@ mod tests {
     type Outcome = (Vec<f32>, Vec<Vec<f32>>);
 
     /// Deterministic values in [-scale, scale).
-    fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
+    pub(crate) fn random(len: usize, seed: u64, scale: f32) -> Vec<f32> {
         let mut state = seed.wrapping_add(1);
         (0..len)
             .map(|_| {

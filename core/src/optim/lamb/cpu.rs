@@ -283,25 +283,13 @@ mod tests {
     use burn::tensor::{Tensor, TensorData};
 
     use super::super::{Lamb, LambConfig, NamedParam};
-
-    /// Deterministic values in [-scale, scale).
-    fn values(len: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_add(1);
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    use crate::model::cpu::tests::random;
 
     /// A weight of several pieces and a bias, with gradients.
     fn params<B: Backend>(seed: u64) -> Vec<NamedParam<B>> {
         let device = Default::default();
         let tensor = |len, seed, scale| {
-            Tensor::<B, 1>::from_data(TensorData::new(values(len, seed, scale), [len]), &device)
+            Tensor::<B, 1>::from_data(TensorData::new(random(len, seed, scale), [len]), &device)
         };
         [
             ("dense.weight", 3 * super::ELEMENTS_PER_TASK + 7),
