@@ -1,23 +1,7 @@
 //! `bert-native`: the command-line front end of bert-core (CPU, wgpu and CUDA backends).
 
-mod backend;
-mod bench;
-mod commands;
-mod distributed;
-mod dllogger;
-mod finetune;
-mod plot;
-mod precision;
-mod prep;
-mod pretrain;
-mod pretraining_shards;
-mod quickstart;
-mod report;
-mod serve;
-mod shard_file;
-
-use anyhow::Result;
-use clap::{CommandFactory, Parser, Subcommand};
+use bert_native::cli::{Cli, Command};
+use clap::Parser;
 
 // The CPU backend allocates a fresh buffer for most tensor operations; glibc's allocator maps and
 // unmaps large buffers each time (page faults cost ~35% of a forward pass). mimalloc reuses them.
@@ -45,104 +29,12 @@ fn keep_freed_memory() {
     }
 }
 
-/// BERT pretraining, fine-tuning and inference: NVIDIA's recipe, in Rust.
-#[derive(Debug, Parser)]
-#[command(name = "bert-native", version, about, after_help = AFTER_THE_QUICKSTART)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-/// Where to go from the quickstart's folder: which command takes which of its folders.
-const AFTER_THE_QUICKSTART: &str = "\
-After `bert-native quickstart` (scripts/quickstart.sh), its folder feeds every command:
-  quickstart/qa-model   a question-answering model:
-      bert-native qa --model quickstart/qa-model --question \"...\" --context \"...\"
-      bert-native squad --model quickstart/qa-model --predict-file quickstart/squad/dev.json \\
-          --do-predict --do-eval --output-dir predictions
-  quickstart/model      the pretrained BERT (MLM + NSP heads): fine-tune it, inspect it, encode with it:
-      bert-native squad --model quickstart/model --train-file quickstart/squad/train.json \\
-          --do-train --output-dir my-qa-model
-      bert-native info --model quickstart/model
-      bert-native encode --model quickstart/model --text \"...\" --output out.safetensors
-  quickstart/data/*/encyclopedia   NVIDIA-layout HDF5 shards: pretrain further or afresh:
-      bert-native pretrain --config-file quickstart/config.json \\
-          --input-dir quickstart/data/*/encyclopedia --output-dir my-model --max-steps 400
-  quickstart/model/dllogger.json   the pretraining log: bert-native plot quickstart/model/dllogger.json
-Any of the model folders can be served: see `bert-native serve --help`. Each command's --help lists its flags.";
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run a checkpoint on a batch and save every output (hidden states, pooler, head logits).
-    Encode(commands::encode::EncodeArgs),
-    /// Sentence embeddings of a text file (one text per line), as sentence-transformers computes
-    /// them, saved as .npy, .safetensors or .jsonl.
-    Embed(commands::embed::EmbedArgs),
-    /// Tokenize a text or pair and print tokens, ids, token types and character offsets as JSON.
-    Tokenize(commands::tokenize::TokenizeArgs),
-    /// Describe a model folder: configuration, parameter count, heads, tokenizer.
-    Info(commands::info::InfoArgs),
-    /// Convert a checkpoint (Hugging Face .bin, NVIDIA .pt, safetensors) to a Hugging Face
-    /// safetensors folder.
-    Convert(commands::convert::ConvertArgs),
-    /// Benchmarks: forward pass and pretraining steps (sequences per second, latency percentiles).
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
-    /// Pretraining data: text corpus to NVIDIA-compatible HDF5 shards.
-    #[command(subcommand)]
-    Prep(prep::PrepCommand),
-    /// MLM + NSP pretraining with NVLAMB (run_pretraining.py).
-    Pretrain(Box<pretrain::PretrainArgs>),
-    /// Loss and learning-rate curves of a pretraining log, as a PNG.
-    Plot(plot::PlotArgs),
-    /// SQuAD v1.1 fine-tuning, prediction and evaluation (run_squad.py); `squad evaluate` scores
-    /// any predictions file.
-    Squad(finetune::squad::SquadArgs),
-    /// GLUE MRPC and SST-2 fine-tuning, evaluation and prediction (run_glue.py).
-    Glue(Box<finetune::glue::GlueArgs>),
-    /// Answer a question about a text of any length (inference.py).
-    Qa(Box<finetune::qa::QaArgs>),
-    /// The recipe end to end in minutes with no downloads: a synthetic encyclopedia, a learned
-    /// vocabulary, data preparation, pretraining of a small BERT, masked-LM accuracy before/after.
-    Quickstart(quickstart::QuickstartArgs),
-    /// Serve the models of a repository over the KServe v2 / Triton HTTP protocol, with dynamic
-    /// batching and a text question-answering endpoint.
-    Serve(serve::ServeArgs),
-    /// Start a data-parallel job on this node: one process per GPU running `-- pretrain ...`,
-    /// with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT set (torch.distributed.run's job).
-    Launch(distributed::launch::LaunchArgs),
-}
-
-/// Whether `name` is one of this binary's subcommands (`launch` runs those with itself).
-fn is_subcommand(name: &str) -> bool {
-    Cli::command()
-        .get_subcommands()
-        .any(|command| command.get_name() == name)
-}
-
 fn main() {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Serve(_)) {
         keep_freed_memory();
     }
-    let result: Result<()> = match cli.command {
-        Command::Encode(args) => commands::encode::run(args),
-        Command::Embed(args) => commands::embed::run(args),
-        Command::Tokenize(args) => commands::tokenize::run(args),
-        Command::Info(args) => commands::info::run(args),
-        Command::Convert(args) => commands::convert::run(args),
-        Command::Bench(command) => bench::run(command),
-        Command::Prep(command) => prep::run(command),
-        Command::Pretrain(args) => pretrain::run(*args),
-        Command::Plot(args) => plot::run(args),
-        Command::Squad(args) => finetune::squad::run(args),
-        Command::Glue(args) => finetune::glue::run(*args),
-        Command::Qa(args) => finetune::qa::run(*args),
-        Command::Quickstart(args) => quickstart::run(args),
-        Command::Serve(args) => serve::run(args),
-        Command::Launch(args) => distributed::launch::run(args),
-    };
-    if let Err(error) = result {
+    if let Err(error) = cli.command.run() {
         eprintln!("error: {}", error_message(&error));
         std::process::exit(1);
     }

@@ -49,7 +49,7 @@ pub fn run(args: LaunchArgs) -> Result<()> {
     }
     let world_size = args.nproc_per_node * args.nnodes;
     let (program, rest) = args.command.split_first().expect("clap requires a command");
-    let own_subcommand = program.to_str().is_some_and(crate::is_subcommand);
+    let own_subcommand = program.to_str().is_some_and(crate::cli::is_subcommand);
     // Each rank runs in its own process group, so stopping a rank stops whatever it started;
     // launch forwards Ctrl-C and SIGTERM to them.
     let interrupted = Arc::new(AtomicBool::new(false));

@@ -12,7 +12,7 @@ mod instances;
 pub(crate) mod progress;
 mod segment;
 mod shard;
-mod wiki;
+pub mod wiki;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -4,7 +4,7 @@
 
 mod batcher;
 mod http;
-mod protocol;
+pub mod protocol;
 mod repository;
 
 use std::net::SocketAddr;
