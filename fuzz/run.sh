@@ -35,7 +35,7 @@ seed() {
       run=$(mktemp -d)
       python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c.update(hidden_size=2, num_hidden_layers=1, num_attention_heads=1, intermediate_size=2); json.dump(c, open(sys.argv[2], "w"))' \
         "$FIXTURES"/pretrain/config.json "$run"/config.json
-      (cd .. && CARGO_TARGET_DIR=$MAIN_TARGET_DIR cargo run --release -q -p bert-native -- pretrain \
+      (cd .. && CARGO_TARGET_DIR=$MAIN_TARGET_DIR cargo run -q -p bert-native -- pretrain \
         --config-file "$run"/config.json --input-dir "$FIXTURES"/pretrain/data --output-dir "$run"/out \
         --train-batch-size 2 --gradient-accumulation-steps 1 --max-steps 1 --max-seq-length 128 \
         --max-predictions-per-seq 20 --seed 1 --num-steps-per-checkpoint 1 --disable-progress-bar) >/dev/null
@@ -96,6 +96,12 @@ head = json.dumps({"inputs": [{"name": "input_ids", "shape": [2, 3], "datatype":
                               {"name": "token_type_ids", "shape": [2, 3], "datatype": "INT64", "data": [0, 0, 0, 0, 0, 0]}],
                    "outputs": [{"name": "last_hidden_state", "parameters": {"binary_data": True}}]}).encode()
 open(sys.argv[1], "wb").write(b"\x01" + struct.pack("<H", len(head)) + head + struct.pack("<6i", 1, 5, 2, 1, 6, 2))' "$dir"/binary.bin ;;
+    collective_messages)
+      # Rank 1 of 2 greeting rank 0, then two messages of 3 values, in float32 and in float16.
+      python3 -c 'import struct, sys
+greeting = b"bert-rs1" + struct.pack("<II", 1, 2)
+open(sys.argv[1] + "/float32.bin", "wb").write(bytes([3 << 1]) + greeting + 2 * (struct.pack("<Q", 3 << 1) + struct.pack("<3f", 1.0, -2.5, 1e30)))
+open(sys.argv[1] + "/float16.bin", "wb").write(bytes([3 << 1 | 1]) + greeting + 2 * (struct.pack("<Q", 3 << 1 | 1) + struct.pack("<3e", 1.0, -2.5, 6e4)))' "$dir" ;;
     *) echo "no seeds for $target" >&2; exit 2 ;;
   esac
 }

@@ -64,13 +64,19 @@ impl AtomicWriter {
         })
     }
 
-    /// Flushes, syncs and renames the file into place.
+    /// Flushes, syncs and renames the file into place. If any of that fails (a full disk
+    /// refuses the last buffer), the temporary file is removed and `path` keeps what it held.
     pub fn commit(mut self) -> io::Result<()> {
         let file = self.file.take().expect("commit is called once");
-        file.into_inner()
-            .map_err(io::IntoInnerError::into_error)?
-            .sync_all()?;
-        commit_temporary(&self.tmp, &self.path)
+        let committed = file
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| commit_temporary(&self.tmp, &self.path));
+        if committed.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        committed
     }
 }
 

@@ -171,9 +171,19 @@ impl BertTokenizer {
 
     /// Builds the tokenizer a Hugging Face `tokenizer.json` describes; its own padding and
     /// truncation settings are switched off (framing and truncation are ours).
+    ///
+    /// The `tokenizers` crate (0.23) panics on some malformed documents instead of failing: a
+    /// control character inside a decoder's strings (found by fuzzing, `fuzz/regressions/`), a
+    /// bad `Precompiled` normalizer. The JSON syntax is checked first, and where panics unwind
+    /// (everywhere but wasm) one is turned into this function's error.
     pub fn from_tokenizer_json(json: &[u8]) -> Result<Self, TokenizerError> {
-        let mut inner =
-            Tokenizer::from_bytes(json).map_err(|e| TokenizerError::Build(e.to_string()))?;
+        serde_json::from_slice::<serde::de::IgnoredAny>(json)
+            .map_err(|e| TokenizerError::Build(format!("not valid JSON: {e}")))?;
+        let mut inner = std::panic::catch_unwind(|| Tokenizer::from_bytes(json))
+            .map_err(|_| {
+                TokenizerError::Build("the tokenizers crate cannot read this document".into())
+            })?
+            .map_err(|e| TokenizerError::Build(e.to_string()))?;
         inner.with_padding(None);
         inner
             .with_truncation(None)
@@ -414,6 +424,47 @@ mod tests {
 
     const VOCAB: &str =
         "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\nquick\nfox\nrun\n##s\n.\n,\ncafe\n";
+
+    /// A WordPiece `tokenizer.json` over [`VOCAB`] with `normalizer` and `decoder` as given.
+    fn tokenizer_json(normalizer: &str, decoder: &str) -> String {
+        let vocab: Vec<String> = VOCAB
+            .lines()
+            .enumerate()
+            .map(|(id, token)| format!("{token:?}: {id}"))
+            .collect();
+        format!(
+            r###"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": {normalizer}, "pre_tokenizer": {{"type": "BertPreTokenizer"}},
+            "post_processor": null, "decoder": {decoder},
+            "model": {{"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                       "max_input_chars_per_word": 100, "vocab": {{{}}}}}}}"###,
+            vocab.join(", ")
+        )
+    }
+
+    #[test]
+    fn malformed_tokenizer_json_is_an_error_where_the_tokenizers_crate_panics() {
+        let bert = r#"{"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                       "strip_accents": null, "lowercase": true}"#;
+        let wordpiece = r###"{"type": "WordPiece", "prefix": "##", "cleanup": true}"###;
+        let tokenizer =
+            BertTokenizer::from_tokenizer_json(tokenizer_json(bert, wordpiece).as_bytes()).unwrap();
+        assert_eq!(
+            tokenizer.tokenize("The fox runs.").unwrap(),
+            ["the", "fox", "run", "##s", "."]
+        );
+
+        // A raw control character inside a decoder's string: `expect("Helper")` in tokenizers.
+        let control = "{\"type\": \"WordPiece\", \"prefix\": \"#\u{1}#\", \"cleanup\": true}";
+        let error = BertTokenizer::from_tokenizer_json(tokenizer_json(bert, control).as_bytes())
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("not valid JSON"), "{error}");
+        // A `Precompiled` normalizer whose map is not one: `expect("Precompiled")`.
+        let precompiled = r#"{"type": "Precompiled", "precompiled_charsmap": "bm90IGEgbWFw"}"#;
+        let json = tokenizer_json(precompiled, wordpiece);
+        assert!(BertTokenizer::from_tokenizer_json(json.as_bytes()).is_err());
+    }
 
     #[test]
     fn frames_pairs_and_maps_offsets_in_characters() {

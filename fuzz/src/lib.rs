@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Once;
 
+use bert_native::distributed::tcp::{read_greeting, read_message, Wire};
 use bert_native::prep::wiki;
 use bert_native::serve::protocol;
 use bert_native::shard_file;
@@ -41,6 +42,7 @@ pub const TARGETS: &[Target] = &[
     ("wiki_xml", wiki_xml),
     ("hdf5_shard", hdf5_shard),
     ("kserve_request", kserve_request),
+    ("collective_messages", collective_messages),
 ];
 
 /// Runs target `body` on `data` under libFuzzer. A panic that escapes `body` aborts the process
@@ -235,6 +237,24 @@ pub fn kserve_request(data: &[u8]) {
     let config = BertConfig::from_json(SMALL_CONFIG).expect("the golden configuration");
     let outputs = ["last_hidden_state", "pooler_output", "start_logits"];
     let _ = protocol::parse_infer(body, header_length, &config, &outputs);
+}
+
+/// What rank 0 of a multi-process job reads from a connection: the greeting, then messages of
+/// the TCP collective until the bytes end or one is refused. The first byte chooses the wire
+/// (low bit: float16) and the number of values each message must hold (the other bits).
+pub fn collective_messages(data: &[u8]) {
+    let Some((&mode, mut rest)) = data.split_first() else {
+        return;
+    };
+    if read_greeting(&mut rest).is_err() {
+        return;
+    }
+    let wire = if mode & 1 == 1 {
+        Wire::Float16
+    } else {
+        Wire::Float32
+    };
+    while read_message(&mut rest, usize::from(mode >> 1), wire).is_ok() {}
 }
 
 #[cfg(test)]

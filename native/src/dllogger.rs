@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 /// Appends DLLogger lines to a file.
 pub struct DlLogger {
     file: BufWriter<File>,
+    path: PathBuf,
     started: Instant,
 }
 
@@ -25,6 +26,7 @@ impl DlLogger {
             .with_context(|| format!("cannot open log {}", path.display()))?;
         Ok(Self {
             file: BufWriter::new(file),
+            path: path.to_path_buf(),
             started: Instant::now(),
         })
     }
@@ -52,9 +54,9 @@ impl DlLogger {
             "step": step,
             "data": data,
         });
-        writeln!(self.file, "DLLL {line}")?;
-        self.file.flush()?;
-        Ok(())
+        writeln!(self.file, "DLLL {line}")
+            .and_then(|()| self.file.flush())
+            .with_context(|| format!("cannot write log {}", self.path.display()))
     }
 }
 

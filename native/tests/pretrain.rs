@@ -403,6 +403,66 @@ fn resuming_gives_bit_identical_weights_even_after_a_kill() {
     );
 }
 
+/// A checkpoint write that the disk refuses (here a file-size limit, `ulimit -f`, which
+/// fails the write as a full disk does, unprivileged and even as root): the run stops with an
+/// error naming the checkpoint, leaves no partial file, and the previous checkpoint still resumes.
+#[test]
+fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
+    let tmp = TempDir::new("disk-full");
+    let config = small_config(&tmp.0);
+    let out = tmp.0.join("run");
+    let every_step = ["--num-steps-per-checkpoint", "1"];
+    succeed(&as_strs(&small_run(
+        &config,
+        &out,
+        2,
+        &[&every_step[..], &["--steps-this-run", "1"]].concat(),
+    )));
+    let first = out.join("ckpt_1.safetensors");
+    let saved = std::fs::read(&first).unwrap();
+
+    // A limit of a quarter of a checkpoint, in KiB; SIGXFSZ ignored, so the write gets EFBIG.
+    let limit = (saved.len() / 4 / 1024).to_string();
+    let resume = small_run(
+        &config,
+        &out,
+        2,
+        &[&every_step[..], &["--resume-from-checkpoint"]].concat(),
+    );
+    let refused = Command::new("bash")
+        .args([
+            "-c",
+            "trap '' XFSZ; ulimit -f \"$1\"; shift; exec \"$@\"",
+            "bash",
+            &limit,
+        ])
+        .arg(env!("CARGO_BIN_EXE_bert-native"))
+        .args(&resume)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "the run ignored the failed write"
+    );
+    assert!(
+        stderr.contains("cannot write checkpoint") && stderr.contains("ckpt_2.safetensors"),
+        "{stderr}"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("ckpt"))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["ckpt_1.safetensors"], "no partial checkpoint");
+    assert_eq!(std::fs::read(&first).unwrap(), saved);
+
+    succeed(&as_strs(&resume));
+    assert!(out.join("ckpt_2.safetensors").exists());
+}
+
 #[test]
 fn sigterm_stops_with_a_checkpoint_to_resume_from() {
     let tmp = TempDir::new("sigterm");

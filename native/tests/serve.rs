@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bert_core::checkpoint::to_safetensors;
 use bert_core::model::BertWithHeads;
@@ -166,6 +166,9 @@ impl Reply {
 /// One HTTP/1.1 exchange over a fresh connection.
 fn http(port: u16, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Reply {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(300)))
+        .unwrap();
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -699,6 +702,113 @@ fn a_full_queue_answers_503_at_once_and_sigterm_finishes_requests_in_flight() {
     assert!(status.success(), "{status}");
     let said: Vec<String> = server.stderr.try_iter().collect();
     assert!(said.iter().any(|l| l == "stopped"), "{said:?}");
+}
+
+/// Slow-loris clients: with every connection taken by one trickling its headers, one that sent
+/// half a body and stopped, and one that never speaks, a fourth client waits (the connection cap),
+/// each of them is closed after the request timeout, and the fourth is then served. Then three
+/// clients that never read their (large) responses: their writes stall, they are closed, and the
+/// next client is served.
+#[test]
+fn slow_and_abandoned_clients_time_out_and_never_hold_the_server() {
+    let tmp = TempDir::new("slow-clients");
+    let (repository, _) = repository(&tmp.0);
+    let server = Server::start(
+        &repository,
+        &["--request-timeout-s", "2", "--max-connections", "3"],
+    );
+    let port = server.port;
+    let connect = move || {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        stream
+    };
+    let started = Instant::now();
+    let (connected, all_connected) = mpsc::channel();
+    // Sends `head` at once and `trickle` a byte every 300 ms, then reads until the server closes.
+    let client = |head: &str, trickle: &str| {
+        let (head, trickle) = (head.as_bytes().to_vec(), trickle.as_bytes().to_vec());
+        let connected = connected.clone();
+        std::thread::spawn(move || {
+            let mut stream = connect();
+            stream.write_all(&head).unwrap();
+            connected.send(()).unwrap();
+            for byte in trickle {
+                std::thread::sleep(Duration::from_millis(300));
+                if stream.write_all(&[byte]).is_err() {
+                    break;
+                }
+            }
+            let mut reply = Vec::new();
+            let _ = stream.read_to_end(&mut reply);
+            (
+                started.elapsed(),
+                String::from_utf8_lossy(&reply).into_owned(),
+            )
+        })
+    };
+    let trickled_headers = client(
+        "",
+        "GET /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
+    );
+    let half_a_body = client(
+        "POST /v2/models/minilm/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{\"inputs\": [",
+        "",
+    );
+    let silent = client("", "");
+    for _ in 0..3 {
+        all_connected.recv().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let waiting = http(port, "GET", "/v2/health/ready", &[], b"");
+    let served_after = started.elapsed();
+
+    assert_eq!(waiting.status, 200);
+    assert!(
+        served_after >= Duration::from_millis(1500),
+        "the fourth client got a connection before any of the three closed ({served_after:?})"
+    );
+    for (what, handle) in [
+        ("trickled headers", trickled_headers),
+        ("half a body", half_a_body),
+        ("silent", silent),
+    ] {
+        let (closed_after, reply) = handle.join().unwrap();
+        assert!(
+            closed_after < Duration::from_secs(10),
+            "{what}: held for {closed_after:?}"
+        );
+        if what == "half a body" {
+            assert!(
+                reply.starts_with("HTTP/1.1 408") && reply.contains("did not arrive within 2 s"),
+                "{reply}"
+            );
+        }
+    }
+
+    // About 14 MB of JSON each, more than the sockets buffer: the writes stall on a full window.
+    let large = serde_json::to_vec(&infer_body(&vec![vec![101; 384]; 8])).unwrap();
+    let never_reading: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = connect();
+            let head = format!(
+                "POST /v2/models/minilm/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+                large.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&large).unwrap();
+            stream
+        })
+        .collect();
+    let reply = post_json(
+        port,
+        "/v2/models/minilm/infer",
+        &infer_body(&[vec![101, 102]]),
+    );
+    assert_eq!(reply.status, 200);
+    drop(never_reading);
 }
 
 #[test]

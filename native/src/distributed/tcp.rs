@@ -87,6 +87,62 @@ impl Liveness {
 /// Greeting that opens each connection, so a stray client is refused.
 const HELLO: &[u8; 8] = b"bert-rs1";
 
+/// How long a new connection has to greet rank 0 before it is dropped as a stranger.
+const GREETING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a connection to rank 0 says first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Greeting {
+    /// A bert-native rank: which one, of how many.
+    Rank {
+        /// The rank it says it is.
+        rank: usize,
+        /// The job's size as it sees it.
+        world_size: usize,
+    },
+    /// Anything else: a stray client, a port scanner.
+    Stranger,
+}
+
+/// Reads the 16-byte greeting that opens a connection: [`HELLO`], then the rank and the world
+/// size as little-endian `u32`s.
+pub fn read_greeting(reader: &mut impl Read) -> std::io::Result<Greeting> {
+    let mut hello = [0u8; 16];
+    reader.read_exact(&mut hello)?;
+    if &hello[..8] != HELLO {
+        return Ok(Greeting::Stranger);
+    }
+    let word =
+        |at: usize| u32::from_le_bytes(hello[at..at + 4].try_into().expect("4 bytes")) as usize;
+    Ok(Greeting::Rank {
+        rank: word(8),
+        world_size: word(12),
+    })
+}
+
+/// Reads one message of `expected` values sent as `wire`: an 8-byte header (the length, and the
+/// wire in the low bit), then the values. The header is checked against `expected` and `wire`
+/// before anything is sized by it.
+pub fn read_message(
+    reader: &mut impl Read,
+    expected: usize,
+    wire: Wire,
+) -> Result<Vec<f32>, ReceiveError> {
+    let mut header = [0u8; 8];
+    reader.read_exact(&mut header)?;
+    let header = u64::from_le_bytes(header);
+    if header & 1 != wire.header(0) {
+        return Err(ReceiveError::Wire);
+    }
+    let length = usize::try_from(header >> 1).unwrap_or(usize::MAX);
+    if length != expected {
+        return Err(ReceiveError::Length(length));
+    }
+    let mut bytes = vec![0u8; length * wire.bytes_per_value()];
+    reader.read_exact(&mut bytes)?;
+    Ok(wire.decode(&bytes))
+}
+
 /// One connection, buffered both ways.
 #[derive(Debug)]
 struct Link {
@@ -116,25 +172,14 @@ impl Link {
     }
 
     fn receive(&mut self, expected: usize, wire: Wire) -> Result<Vec<f32>, ReceiveError> {
-        let mut header = [0u8; 8];
-        self.reader.read_exact(&mut header)?;
-        let header = u64::from_le_bytes(header);
-        if header & 1 != wire.header(0) {
-            return Err(ReceiveError::Wire);
-        }
-        let length = (header >> 1) as usize;
-        if length != expected {
-            return Err(ReceiveError::Length(length));
-        }
-        let mut bytes = vec![0u8; length * wire.bytes_per_value()];
-        self.reader.read_exact(&mut bytes)?;
-        Ok(wire.decode(&bytes))
+        read_message(&mut self.reader, expected, wire)
     }
 }
 
 /// How the values of one exchange travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wire {
+pub enum Wire {
+    /// Four bytes a value.
     Float32,
     /// Half the bytes: the values are float16 (`all_reduce_sum_half`).
     Float16,
@@ -184,8 +229,12 @@ impl Wire {
     }
 }
 
-enum ReceiveError {
+/// Why a message could not be read.
+#[derive(Debug)]
+pub enum ReceiveError {
+    /// The connection failed or closed.
     Io(std::io::Error),
+    /// The message holds this many values, not the number expected.
     Length(usize),
     /// The other rank sent float32 where float16 was expected, or the reverse.
     Wire,
@@ -298,22 +347,38 @@ fn accept_all(job: &Rendezvous) -> Result<Vec<Link>> {
     let deadline = Instant::now() + job.timeout;
     let mut links: Vec<Option<Link>> = (1..job.world_size).map(|_| None).collect();
     while links.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let missing: Vec<String> = links
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.is_none())
+                .map(|(i, _)| (i + 1).to_string())
+                .collect();
+            bail!("ranks {} never connected to rank 0", missing.join(", "));
+        }
         match listener.accept() {
-            Ok((stream, peer)) => {
+            Ok((mut stream, peer)) => {
+                // A stranger (a port scanner, a client that never speaks) is dropped, not fatal:
+                // it has a few seconds to greet, and the job goes on waiting for its ranks.
                 stream.set_nonblocking(false)?;
-                let mut link = Link::new(stream, job.timeout)?;
-                let mut hello = [0u8; 16];
-                link.reader
-                    .read_exact(&mut hello)
-                    .with_context(|| format!("{peer} sent no greeting"))?;
-                if &hello[..8] != HELLO {
-                    eprintln!(
-                        "rank 0: ignoring a connection from {peer} that is not a bert-native rank"
-                    );
-                    continue;
-                }
-                let rank = u32::from_le_bytes(hello[8..12].try_into().expect("4 bytes")) as usize;
-                let world = u32::from_le_bytes(hello[12..16].try_into().expect("4 bytes")) as usize;
+                stream.set_read_timeout(Some(GREETING_TIMEOUT.min(left)))?;
+                let (rank, world) = match read_greeting(&mut stream) {
+                    Ok(Greeting::Rank { rank, world_size }) => (rank, world_size),
+                    Ok(Greeting::Stranger) => {
+                        eprintln!(
+                            "rank 0: ignoring a connection from {peer} that is not a bert-native rank"
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "rank 0: ignoring a connection from {peer} that sent no greeting ({e})"
+                        );
+                        continue;
+                    }
+                };
+                let link = Link::new(stream, job.timeout)?;
                 if world != job.world_size || rank == 0 || rank >= job.world_size {
                     bail!(
                         "{peer} says it is rank {rank} of {world}, but this job has {} ranks",
@@ -325,15 +390,6 @@ fn accept_all(job: &Rendezvous) -> Result<Vec<Link>> {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if Instant::now() > deadline {
-                    let missing: Vec<String> = links
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, l)| l.is_none())
-                        .map(|(i, _)| (i + 1).to_string())
-                        .collect();
-                    bail!("ranks {} never connected to rank 0", missing.join(", "));
-                }
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(e).context("rank 0 cannot accept connections"),
@@ -482,6 +538,85 @@ mod tests {
             let values = result.unwrap();
             assert!(values.iter().all(|&v| v == 3.0));
         }
+    }
+
+    /// Connections that are not ranks (one that closes at once, one that speaks HTTP, one that
+    /// never speaks) are dropped while rank 0 waits for its ranks; the job still connects.
+    #[test]
+    fn strangers_on_the_master_port_are_ignored() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let job = move |rank| Rendezvous {
+            rank,
+            world_size: 2,
+            local_rank: rank,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+            timeout: Duration::from_secs(60),
+        };
+        let root = std::thread::spawn(move || TcpCollective::connect(&job(0)));
+        let connect = || loop {
+            if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+                break stream;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        drop(connect());
+        connect().write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let _silent = connect();
+        let rank_1 = TcpCollective::connect(&job(1)).unwrap();
+        let root = root.join().unwrap().unwrap();
+        let sums = std::thread::spawn(move || {
+            let mut values = vec![2.0];
+            rank_1.all_reduce_sum(&mut values).map(|()| values)
+        });
+        let mut values = vec![1.0];
+        root.all_reduce_sum(&mut values).unwrap();
+        assert_eq!(values, vec![3.0]);
+        assert_eq!(sums.join().unwrap().unwrap(), vec![3.0]);
+    }
+
+    #[test]
+    fn messages_are_checked_before_they_size_a_buffer() {
+        let header = |length: u64, wire: Wire| wire.header(0) | (length << 1);
+        let mut huge = header(u64::MAX >> 1, Wire::Float32).to_le_bytes().to_vec();
+        huge.extend([0; 16]);
+        assert!(matches!(
+            read_message(&mut &huge[..], 4, Wire::Float32),
+            Err(ReceiveError::Length(_))
+        ));
+        let mut half = header(2, Wire::Float16).to_le_bytes().to_vec();
+        half.extend(Wire::Float16.encode(&[1.5, -2.0]));
+        assert!(matches!(
+            read_message(&mut &half[..], 2, Wire::Float32),
+            Err(ReceiveError::Wire)
+        ));
+        assert_eq!(
+            read_message(&mut &half[..], 2, Wire::Float16).unwrap(),
+            vec![1.5, -2.0]
+        );
+        assert!(matches!(
+            read_message(&mut &half[..half.len() - 1], 2, Wire::Float16),
+            Err(ReceiveError::Io(_))
+        ));
+        let mut hello = HELLO.to_vec();
+        hello.extend(3u32.to_le_bytes());
+        hello.extend(4u32.to_le_bytes());
+        assert_eq!(
+            read_greeting(&mut &hello[..]).unwrap(),
+            Greeting::Rank {
+                rank: 3,
+                world_size: 4
+            }
+        );
+        assert_eq!(
+            read_greeting(&mut &b"GET / HTTP/1.1\r\n\r\n"[..]).unwrap(),
+            Greeting::Stranger
+        );
+        assert!(read_greeting(&mut &hello[..15]).is_err());
     }
 
     #[test]

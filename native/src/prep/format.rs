@@ -62,7 +62,8 @@ pub fn format(input: &Path, output: &Path) -> Result<FormatStats> {
     let mut emit = |text: &str, stats: &mut FormatStats| -> Result<()> {
         let line = collapse_whitespace(text);
         if !line.is_empty() {
-            writeln!(writer, "{line}")?;
+            writeln!(writer, "{line}")
+                .with_context(|| format!("cannot write {}", output.display()))?;
             stats.documents += 1;
             stats.output_bytes += line.len() as u64 + 1;
         }

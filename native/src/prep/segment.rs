@@ -52,10 +52,11 @@ pub fn segment(input: &Path, output: &Path) -> Result<SegmentStats> {
         let documents: Vec<Vec<String>> =
             batch.par_iter().map(|line| split_sentences(line)).collect();
         for sentences in documents.into_iter().filter(|s| !s.is_empty()) {
-            for sentence in &sentences {
-                writeln!(writer, "{sentence}")?;
-            }
-            writeln!(writer)?;
+            let written = sentences
+                .iter()
+                .try_for_each(|sentence| writeln!(writer, "{sentence}"))
+                .and_then(|()| writeln!(writer));
+            written.with_context(|| format!("cannot write {}", output.display()))?;
             stats.documents += 1;
             stats.sentences += sentences.len() as u64;
         }

@@ -90,17 +90,25 @@ pub fn shard(input: &Path, dir: &Path, corpus: &str, config: &ShardConfig) -> Re
     let mut index = 0;
     for_each_document(input, |lines| {
         let writer = &mut writers[writer_index(plan[index])];
-        for line in lines {
-            writeln!(writer, "{line}")?;
-        }
-        writeln!(writer)?;
+        let written = lines
+            .iter()
+            .try_for_each(|line| writeln!(writer, "{line}"))
+            .and_then(|()| writeln!(writer));
+        written.with_context(|| {
+            format!(
+                "cannot write {}",
+                shard_path(dir, corpus, plan[index]).display()
+            )
+        })?;
         bar.inc(sizes[index]);
         index += 1;
         Ok(())
     })?;
     bar.finish_and_clear();
-    for writer in writers {
-        writer.commit()?;
+    for (writer, &shard) in writers.into_iter().zip(&shards) {
+        writer.commit().with_context(|| {
+            format!("cannot write {}", shard_path(dir, corpus, shard).display())
+        })?;
     }
     Ok(shards
         .into_iter()

@@ -6,11 +6,12 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -43,8 +44,8 @@ pub struct ModelEntry {
 
 type Models = Arc<Vec<ModelEntry>>;
 
-/// The server's routes over `models`.
-pub fn router(models: Vec<ModelEntry>) -> Router {
+/// The server's routes over `models`; a request's body must arrive within `body_timeout`.
+pub fn router(models: Vec<ModelEntry>, body_timeout: Duration) -> Router {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
@@ -70,6 +71,48 @@ pub fn router(models: Vec<ModelEntry>) -> Router {
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/metrics", get(metrics))
         .with_state(Arc::new(models))
+        .layer(middleware::from_fn_with_state(
+            body_timeout,
+            read_body_within,
+        ))
+}
+
+/// Largest request body (axum's default limit for a body read whole).
+const MAX_BODY_BYTES: usize = 2 << 20;
+
+/// Reads the request's whole body before it is routed, within `timeout`: a client trickling its
+/// body (a slow-loris client) gets a 408 instead of holding its connection open.
+async fn read_body_within(
+    State(timeout): State<Duration>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(body)) => next.run(Request::from_parts(parts, Body::from(body))).await,
+        Ok(Err(e)) => {
+            let too_long = std::error::Error::source(&e)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_long {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                )
+            }
+        }
+        Err(_) => error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs()
+            ),
+        ),
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

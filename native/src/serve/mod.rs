@@ -3,6 +3,7 @@
 //! thread fed by a bounded queue (see [`batcher`]).
 
 mod batcher;
+mod connections;
 mod http;
 pub mod protocol;
 mod repository;
@@ -19,6 +20,7 @@ use clap::Args;
 
 use crate::backend::{self, BackendKind, Job};
 use batcher::{BatchingConfig, Metrics};
+use connections::ConnectionLimits;
 use repository::{model_folders, ServedModel};
 
 /// Arguments of `serve`.
@@ -47,6 +49,14 @@ pub struct ServeArgs {
     /// Requests waiting per model before new ones are refused with 503.
     #[arg(long, default_value_t = 64)]
     max_queue_size: usize,
+    /// Connections open at once; further clients wait in the kernel's accept queue until one
+    /// closes.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Longest a client may take to send a request's headers, or its body, in seconds; slower
+    /// clients, and kept-alive connections idle this long, are closed.
+    #[arg(long, default_value_t = 30)]
+    request_timeout_s: u64,
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Flex)]
     backend: BackendKind,
@@ -109,10 +119,13 @@ impl Job for ServeJob {
                 "serving {} on http://{local} (KServe v2 / Triton HTTP; /metrics)",
                 names.join(", ")
             );
-            axum::serve(listener, http::router(models))
-                .with_graceful_shutdown(shutdown_signal())
-                .await
-                .context("the HTTP server failed")
+            let limits = ConnectionLimits {
+                max_connections: self.args.max_connections,
+                request_timeout: Duration::from_secs(self.args.request_timeout_s.max(1)),
+            };
+            let router = http::router(models, limits.request_timeout);
+            connections::serve(listener, router, limits, shutdown_signal()).await;
+            anyhow::Ok(())
         })?;
         // The router (and with it every queue's sender) is gone: workers drain and stop.
         for worker in workers {
