@@ -14,7 +14,7 @@ cd "$(dirname "$0")"
 TARGET=${1:?usage: fuzz/run.sh TARGET|all [SECONDS]}
 SECONDS_EACH=${2:-600}
 MINILM=${BERT_RS_MINILM_DIR:-$HOME/.cache/bert-rs/models/all-minilm-l6-v2}
-FIXTURES=../tests/fixtures
+FIXTURES=$(cd ../tests/fixtures && pwd)
 MAIN_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/../target}
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$HOME/.cache/bert-rs/fuzz-target}
 

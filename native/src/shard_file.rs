@@ -65,6 +65,9 @@ pub fn read_shard(path: &Path) -> Result<ShardArrays> {
     read(path).with_context(|| format!("{}: not a valid pretraining shard", path.display()))
 }
 
+/// The most deflate (gzip) can compress: about 1032 to 1.
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
 fn read(path: &Path) -> Result<ShardArrays> {
     let file = hdf5::File::open(path).context("cannot open as HDF5")?;
     let names = file.member_names()?;
@@ -82,11 +85,27 @@ fn read(path: &Path) -> Result<ShardArrays> {
         }
         _ => TypeDescriptor::Integer(IntSize::U1),
     };
+    // The declared shapes size the arrays read below: each must fit what the file can hold (the
+    // bytes stored for it, at most the file's, times deflate's largest ratio), or a small file
+    // declaring a huge shape would allocate it (found by fuzzing, `fuzz/regressions/`).
+    let file_bytes = file.size();
     for name in DATASETS {
-        let dtype = file.dataset(name)?.dtype()?.to_descriptor()?;
+        let dataset = file.dataset(name)?;
+        let dtype = dataset.dtype()?;
+        let descriptor = dtype.to_descriptor()?;
         let expected = expected_dtype(name);
-        if dtype != expected {
-            bail!("{name} has dtype {dtype} (the reference writes {expected})");
+        if descriptor != expected {
+            bail!("{name} has dtype {descriptor} (the reference writes {expected})");
+        }
+        let shape = dataset.shape();
+        let declared = shape
+            .iter()
+            .try_fold(dtype.size() as u64, |bytes, &extent| {
+                bytes.checked_mul(extent as u64)
+            });
+        let stored = dataset.storage_size().min(file_bytes);
+        if declared.is_none_or(|bytes| bytes > stored.saturating_mul(MAX_DEFLATE_RATIO)) {
+            bail!("{name} declares shape {shape:?}, more than the {stored} bytes stored for it can hold");
         }
     }
     let input_ids = file.dataset("input_ids")?.read_2d::<i32>()?;
@@ -238,6 +257,36 @@ mod tests {
                 "{name} is gzip"
             );
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_declared_shape_the_file_cannot_hold_is_refused_before_it_is_read() {
+        let dir = std::env::temp_dir().join(format!("bert-native-shape-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("huge_training_0.hdf5");
+        {
+            // 2^20 x 4096 int32 (16 GiB) declared, chunked, nothing written.
+            let file = hdf5::File::create(&path).unwrap();
+            file.new_dataset::<i32>()
+                .chunk((1024, 128))
+                .shape((1 << 20, 4096))
+                .create("input_ids")
+                .unwrap();
+            for name in &DATASETS[1..] {
+                if name.starts_with("masked_lm") {
+                    file.new_dataset::<i32>().shape((1, 1)).create(*name)
+                } else {
+                    file.new_dataset::<i8>().shape((1, 1)).create(*name)
+                }
+                .unwrap();
+            }
+        }
+        let error = format!("{:#}", read_shard(&path).unwrap_err());
+        assert!(
+            error.contains("input_ids declares shape [1048576, 4096]"),
+            "{error}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
