@@ -77,9 +77,10 @@ pub fn shard(input: &Path, dir: &Path, corpus: &str, config: &ShardConfig) -> Re
         .map(ShardId::Training)
         .chain((0..config.n_test_shards).map(ShardId::Test))
         .collect();
-    let mut writers = shards
+    let paths: Vec<PathBuf> = shards.iter().map(|&s| shard_path(dir, corpus, s)).collect();
+    let mut writers = paths
         .iter()
-        .map(|&s| AtomicWriter::create(&shard_path(dir, corpus, s)))
+        .map(|path| AtomicWriter::create(path))
         .collect::<std::io::Result<Vec<_>>>()
         .with_context(|| format!("cannot create shard files in {}", dir.display()))?;
     let writer_index = |shard: ShardId| match shard {
@@ -89,31 +90,24 @@ pub fn shard(input: &Path, dir: &Path, corpus: &str, config: &ShardConfig) -> Re
     let bar = bytes_bar("shard", sizes.iter().sum());
     let mut index = 0;
     for_each_document(input, |lines| {
-        let writer = &mut writers[writer_index(plan[index])];
+        let shard = writer_index(plan[index]);
+        let writer = &mut writers[shard];
         let written = lines
             .iter()
             .try_for_each(|line| writeln!(writer, "{line}"))
             .and_then(|()| writeln!(writer));
-        written.with_context(|| {
-            format!(
-                "cannot write {}",
-                shard_path(dir, corpus, plan[index]).display()
-            )
-        })?;
+        written.with_context(|| format!("cannot write {}", paths[shard].display()))?;
         bar.inc(sizes[index]);
         index += 1;
         Ok(())
     })?;
     bar.finish_and_clear();
-    for (writer, &shard) in writers.into_iter().zip(&shards) {
-        writer.commit().with_context(|| {
-            format!("cannot write {}", shard_path(dir, corpus, shard).display())
-        })?;
+    for (writer, path) in writers.into_iter().zip(&paths) {
+        writer
+            .commit()
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(shards
-        .into_iter()
-        .map(|s| shard_path(dir, corpus, s))
-        .collect())
+    Ok(paths)
 }
 
 /// The documents of a shard file: sentences as lines.
