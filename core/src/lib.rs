@@ -59,6 +59,10 @@
 //! # Ok::<(), bert_core::error::PipelineError>(())
 //! ```
 //!
+//! Each pipeline also loads from files already in memory (`from_bytes` with a
+//! [`pretrained::ModelBytes`]: what a browser downloads), and `QuestionAnswering::from_model` wraps
+//! a model loaded any other way.
+//!
 //! A real checkpoint is loaded with [`pretrained::ModelFiles`] and [`pretrained::load_model`], or
 //! with [`checkpoint::Checkpoint`] into any of the [`model`] types.
 

@@ -142,8 +142,21 @@ pub fn load_model<B: Backend>(
     extra: &[PathBuf],
     device: &B::Device,
 ) -> Result<LoadedModel<B>, PretrainedError> {
-    let checkpoint = files.read_checkpoint(extra)?;
-    let config = checkpoint.fit_config(&files.read_config()?);
+    load_with_heads(
+        &files.read_checkpoint(extra)?,
+        &files.read_config()?,
+        device,
+    )
+}
+
+/// A [`BertWithHeads`] with `checkpoint`'s weights and every head they hold, its configuration
+/// fitted to them; the encoder must be complete.
+fn load_with_heads<B: Backend>(
+    checkpoint: &Checkpoint,
+    config: &BertConfig,
+    device: &B::Device,
+) -> Result<LoadedModel<B>, PretrainedError> {
+    let config = checkpoint.fit_config(config);
     let mut model = BertWithHeads::new(&config, checkpoint.heads(), device);
     let report = checkpoint.load_into(&mut model)?;
     report.require_encoder()?;
@@ -179,6 +192,48 @@ pub struct QuestionAnsweringModel<B: Backend> {
 }
 
 impl ModelBytes {
+    /// The text of the configuration file (for fields beyond BERT's own, such as `id2label`).
+    pub fn config_text(&self) -> Result<&str, PretrainedError> {
+        let (name, bytes) = &self.config;
+        std::str::from_utf8(bytes).map_err(|e| PretrainedError::Config {
+            path: name.clone(),
+            source: crate::error::ConfigError::Invalid(e.to_string()),
+        })
+    }
+
+    /// The configuration, validated; errors name the file.
+    pub fn read_config(&self) -> Result<BertConfig, PretrainedError> {
+        BertConfig::from_json(self.config_text()?).map_err(|source| PretrainedError::Config {
+            path: self.config.0.clone(),
+            source,
+        })
+    }
+
+    /// The tokenizer: `tokenizer.json` or `vocab.txt` (lower-cased), told apart by the name.
+    pub fn read_tokenizer(&self) -> Result<BertTokenizer, PretrainedError> {
+        let (name, bytes) = &self.tokenizer;
+        if name.ends_with(".json") {
+            BertTokenizer::from_tokenizer_json(bytes)
+        } else {
+            BertTokenizer::from_vocab(&String::from_utf8_lossy(bytes), true)
+        }
+        .map_err(|source| tokenizer_error(Path::new(name), source))
+    }
+
+    /// The weights.
+    pub fn read_checkpoint(&self) -> Result<Checkpoint, PretrainedError> {
+        let (name, bytes) = &self.weights;
+        Ok(Checkpoint::from_bytes(bytes.clone(), name)?)
+    }
+
+    /// The model with all the heads its weights contain, as [`load_model`] loads a folder.
+    pub fn load_model<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<LoadedModel<B>, PretrainedError> {
+        load_with_heads(&self.read_checkpoint()?, &self.read_config()?, device)
+    }
+
     /// Loads a [`BertForQuestionAnswering`]: the encoder must be complete; the `qa_outputs` head
     /// too when `need_head` (answering), else a missing head is freshly initialised
     /// (fine-tuning starts from a pretrained encoder).
@@ -187,29 +242,13 @@ impl ModelBytes {
         need_head: bool,
         device: &B::Device,
     ) -> Result<QuestionAnsweringModel<B>, PretrainedError> {
-        let (config_name, config_bytes) = &self.config;
-        let config_error = |source| PretrainedError::Config {
-            path: config_name.clone(),
-            source,
-        };
-        let text = std::str::from_utf8(config_bytes)
-            .map_err(|e| config_error(crate::error::ConfigError::Invalid(e.to_string())))?;
-        let config = BertConfig::from_json(text).map_err(config_error)?;
-        let (tokenizer_name, tokenizer_bytes) = &self.tokenizer;
-        let tokenizer = if tokenizer_name.ends_with(".json") {
-            BertTokenizer::from_tokenizer_json(tokenizer_bytes)
-        } else {
-            let text = String::from_utf8_lossy(tokenizer_bytes);
-            BertTokenizer::from_vocab(&text, true)
-        }
-        .map_err(|source| tokenizer_error(Path::new(tokenizer_name), source))?;
-        let (weights_name, weights_bytes) = &self.weights;
-        let checkpoint = Checkpoint::from_bytes(weights_bytes.clone(), weights_name)?;
+        let config = self.read_config()?;
+        let tokenizer = self.read_tokenizer()?;
         let (config, model, report) =
-            load_question_answering(&checkpoint, &config, need_head, device)?;
+            load_question_answering(&self.read_checkpoint()?, &config, need_head, device)?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(PretrainedError::VocabularyTooLarge {
-                path: tokenizer_name.clone(),
+                path: self.tokenizer.0.clone(),
                 tokenizer: tokenizer.vocab_size(),
                 model: config.vocab_size,
             });

@@ -223,6 +223,17 @@ pub fn minilm_with_heads(
     dir
 }
 
+/// A model folder's `config.json`, `model.safetensors` and `tokenizer.json` read into memory,
+/// as a browser hands them to a pipeline's `from_bytes`.
+pub fn model_bytes(dir: &Path) -> bert_core::pretrained::ModelBytes {
+    let read = |name: &str| (name.to_string(), std::fs::read(dir.join(name)).unwrap());
+    bert_core::pretrained::ModelBytes {
+        config: read("config.json"),
+        weights: read("model.safetensors"),
+        tokenizer: read("tokenizer.json"),
+    }
+}
+
 /// sentence-transformers' embeddings of the golden sentences (`fixtures/embeddings`, made by
 /// `scripts/make_embedding_fixtures.py`).
 pub struct GoldenEmbeddings {

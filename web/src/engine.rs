@@ -2,11 +2,11 @@
 //! else burn's Flex CPU backend compiled to wasm with SIMD, running bert-core's fused kernels
 //! (on one thread: the page is not cross-origin isolated). Works in the page and in a worker.
 
-use bert_core::pretrained::{ModelBytes, QuestionAnsweringModel};
-use bert_core::squad::{Answer, AnswerConfig, FeatureConfig, QuestionAnswerer};
+use bert_core::pipelines::QuestionAnswering;
+use bert_core::pretrained::ModelBytes;
+use bert_core::squad::{Answer, AnswerConfig, FeatureConfig};
 use burn::backend::wgpu::{graphics::WebGpu, init_setup_async, WgpuDevice};
 use burn::backend::{Flex, Wgpu};
-use burn::tensor::backend::Backend;
 use js_sys::{Promise, Reflect};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -104,26 +104,20 @@ pub fn describe(value: JsValue) -> String {
 /// A question-answering model on the chosen device.
 pub enum QaEngine {
     /// On WebGPU.
-    WebGpu(Box<QuestionAnsweringModel<Wgpu>>, WgpuDevice),
+    WebGpu(Box<QuestionAnswering<Wgpu>>),
     /// On the CPU.
-    Cpu(Box<QuestionAnsweringModel<Flex>>),
+    Cpu(Box<QuestionAnswering<Flex>>),
 }
 
 impl QaEngine {
     /// Loads `files` (which must hold a question-answering head) on `device`.
     pub fn load(files: &ModelBytes, device: &Device) -> Result<Self, String> {
         Ok(match device {
-            Device::WebGpu { device, .. } => Self::WebGpu(
-                Box::new(
-                    files
-                        .question_answering(true, device)
-                        .map_err(|e| e.to_string())?,
-                ),
-                device.clone(),
-            ),
+            Device::WebGpu { device, .. } => Self::WebGpu(Box::new(
+                QuestionAnswering::from_bytes(files, device).map_err(|e| e.to_string())?,
+            )),
             Device::Cpu { .. } => Self::Cpu(Box::new(
-                files
-                    .question_answering(true, &Default::default())
+                QuestionAnswering::from_bytes(files, &Default::default())
                     .map_err(|e| e.to_string())?,
             )),
         })
@@ -132,8 +126,8 @@ impl QaEngine {
     /// The model's configuration: layers, width, vocabulary.
     pub fn describe(&self) -> String {
         let config = match self {
-            Self::WebGpu(loaded, _) => &loaded.config,
-            Self::Cpu(loaded) => &loaded.config,
+            Self::WebGpu(pipeline) => pipeline.config(),
+            Self::Cpu(pipeline) => pipeline.config(),
         };
         format!(
             "{} layers, hidden {}, {} heads, vocabulary {}",
@@ -152,42 +146,18 @@ impl QaEngine {
         features: FeatureConfig,
         answers: AnswerConfig,
     ) -> Result<Vec<Answer>, String> {
-        match self {
-            Self::WebGpu(loaded, device) => {
-                answer_with(loaded, device, question, context, features, answers).await
+        let answered = match self {
+            Self::WebGpu(pipeline) => {
+                pipeline
+                    .answer_with_async(question, context, &features, &answers)
+                    .await
             }
-            Self::Cpu(loaded) => {
-                answer_with(
-                    loaded,
-                    &Default::default(),
-                    question,
-                    context,
-                    features,
-                    answers,
-                )
-                .await
+            Self::Cpu(pipeline) => {
+                pipeline
+                    .answer_with_async(question, context, &features, &answers)
+                    .await
             }
-        }
+        };
+        answered.map_err(|e| e.to_string())
     }
-}
-
-async fn answer_with<B: Backend>(
-    loaded: &QuestionAnsweringModel<B>,
-    device: &B::Device,
-    question: &str,
-    context: &str,
-    features: FeatureConfig,
-    answers: AnswerConfig,
-) -> Result<Vec<Answer>, String> {
-    QuestionAnswerer {
-        model: &loaded.model,
-        config: &loaded.config,
-        tokenizer: &loaded.tokenizer,
-        features,
-        answers,
-        device,
-    }
-    .answer_async(question, context)
-    .await
-    .map_err(|e| e.to_string())
 }

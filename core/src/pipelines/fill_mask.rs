@@ -11,7 +11,7 @@ use futures_lite::future::block_on;
 use crate::config::BertConfig;
 use crate::error::{PipelineError, PretrainedError};
 use crate::model::{BertModel, MaskedLmHead};
-use crate::pretrained::{load_model, ModelFiles};
+use crate::pretrained::{load_model, LoadedModel, ModelBytes, ModelFiles};
 use crate::tokenizer::{BertTokenizer, Encoding};
 
 use super::encoding::{
@@ -69,7 +69,24 @@ impl<B: Backend> FillMask<B> {
     pub fn from_folder(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self, PipelineError> {
         let files = ModelFiles::find(dir.as_ref(), None)?;
         let tokenizer = files.read_tokenizer(None)?;
-        let mut loaded = load_model::<B>(&files, &[] as &[PathBuf], device)?;
+        let loaded = load_model::<B>(&files, &[] as &[PathBuf], device)?;
+        Self::from_loaded(loaded, tokenizer, device)
+    }
+
+    /// Loads the files of a model with a masked-LM head already in memory (a browser's
+    /// downloads).
+    pub fn from_bytes(bytes: &ModelBytes, device: &B::Device) -> Result<Self, PipelineError> {
+        let tokenizer = bytes.read_tokenizer()?;
+        let loaded = bytes.load_model::<B>(device)?;
+        Self::from_loaded(loaded, tokenizer, device)
+    }
+
+    /// The pipeline over a loaded model, which must have its masked-LM head.
+    fn from_loaded(
+        mut loaded: LoadedModel<B>,
+        tokenizer: BertTokenizer,
+        device: &B::Device,
+    ) -> Result<Self, PipelineError> {
         let report = loaded.report;
         let Some(head) = loaded.model.mlm.filter(|_| report.missing.is_empty()) else {
             return Err(PretrainedError::NoTaskHead {

@@ -4,6 +4,9 @@
 //! length), [`SequenceClassification`] (`pipeline("text-classification")`, classes named by
 //! `id2label`) and [`FillMask`] (`pipeline("fill-mask")`).
 //!
+//! Each loads from a model folder (`from_folder`) or from the same files in memory (`from_bytes`,
+//! for a browser).
+//!
 //! A pipeline owns its model, tokenizer and settings, and is `Send + Sync` on the CPU backends:
 //! one loaded pipeline serves many threads (each call runs its own forward pass; no lock is
 //! held).

@@ -40,13 +40,13 @@ impl<B: Backend> QuestionAnswering<B> {
         let checkpoint = files.read_checkpoint(&[] as &[PathBuf])?;
         let (config, model, _) =
             load_question_answering(&checkpoint, &files.read_config()?, true, device)?;
-        Ok(Self::new(model, config, tokenizer, device))
+        Ok(Self::from_model(model, config, tokenizer, device))
     }
 
     /// Loads the files of a question-answering model already in memory (a browser's downloads).
     pub fn from_bytes(bytes: &ModelBytes, device: &B::Device) -> Result<Self, PipelineError> {
         let loaded = bytes.question_answering::<B>(true, device)?;
-        Ok(Self::new(
+        Ok(Self::from_model(
             loaded.model,
             loaded.config,
             loaded.tokenizer,
@@ -54,30 +54,26 @@ impl<B: Backend> QuestionAnswering<B> {
         ))
     }
 
-    fn new(
+    /// A pipeline over a model already loaded (from any checkpoint format the caller reads), its
+    /// configuration and tokenizer, with the default windows and answer settings.
+    pub fn from_model(
         model: BertForQuestionAnswering<B>,
         config: BertConfig,
         tokenizer: BertTokenizer,
         device: &B::Device,
     ) -> Self {
-        let windows = FeatureConfig {
-            max_seq_length: FeatureConfig::default()
-                .max_seq_length
-                .min(config.max_position_embeddings),
-            ..FeatureConfig::default()
-        };
         Self {
             model,
             config,
             tokenizer,
-            windows,
+            windows: FeatureConfig::default(),
             answers: AnswerConfig::default(),
             device: device.clone(),
         }
     }
 
     /// How long contexts are cut into windows (default: 384 tokens, stride 128, questions cut at
-    /// 64 tokens, as the reference's SQuAD settings).
+    /// 64 tokens, as the reference's SQuAD settings; windows never exceed the model's positions).
     pub fn with_windows(mut self, windows: FeatureConfig) -> Self {
         self.windows = windows;
         self
@@ -93,7 +89,7 @@ impl<B: Backend> QuestionAnswering<B> {
     ///
     /// Blocks until the device answers; in a browser on WebGPU use [`Self::answer_async`].
     pub fn answer(&self, question: &str, context: &str) -> Result<Vec<Answer>, PipelineError> {
-        Ok(self.answer_all(&[(question, context)])?.remove(0))
+        self.answer_with(question, context, &self.windows, &self.answers)
     }
 
     /// [`Self::answer`] without blocking.
@@ -102,10 +98,8 @@ impl<B: Backend> QuestionAnswering<B> {
         question: &str,
         context: &str,
     ) -> Result<Vec<Answer>, PipelineError> {
-        Ok(self
-            .answer_all_async(&[(question, context)])
-            .await?
-            .remove(0))
+        self.answer_with_async(question, context, &self.windows, &self.answers)
+            .await
     }
 
     /// The best answers to each `(question, context)` pair, in order; the windows of all of them
@@ -122,6 +116,42 @@ impl<B: Backend> QuestionAnswering<B> {
         &self,
         pairs: &[(Q, C)],
     ) -> Result<Vec<Vec<Answer>>, PipelineError> {
+        self.answer_all_with_async(pairs, &self.windows, &self.answers)
+            .await
+    }
+
+    /// [`Self::answer`] with this call's windows and answer settings instead of the pipeline's
+    /// (a server whose requests each ask for their own number of answers).
+    pub fn answer_with(
+        &self,
+        question: &str,
+        context: &str,
+        windows: &FeatureConfig,
+        answers: &AnswerConfig,
+    ) -> Result<Vec<Answer>, PipelineError> {
+        block_on(self.answer_with_async(question, context, windows, answers))
+    }
+
+    /// [`Self::answer_with`] without blocking.
+    pub async fn answer_with_async(
+        &self,
+        question: &str,
+        context: &str,
+        windows: &FeatureConfig,
+        answers: &AnswerConfig,
+    ) -> Result<Vec<Answer>, PipelineError> {
+        Ok(self
+            .answer_all_with_async(&[(question, context)], windows, answers)
+            .await?
+            .remove(0))
+    }
+
+    async fn answer_all_with_async<Q: AsRef<str>, C: AsRef<str>>(
+        &self,
+        pairs: &[(Q, C)],
+        windows: &FeatureConfig,
+        answers: &AnswerConfig,
+    ) -> Result<Vec<Vec<Answer>>, PipelineError> {
         if pairs.is_empty() {
             return Err(PipelineError::NoTexts);
         }
@@ -131,13 +161,19 @@ impl<B: Backend> QuestionAnswering<B> {
         {
             return Err(PipelineError::EmptyQuestionOrContext { index });
         }
+        let windows = FeatureConfig {
+            max_seq_length: windows
+                .max_seq_length
+                .min(self.config.max_position_embeddings),
+            ..*windows
+        };
         let mut by_question: BTreeMap<String, Vec<Answer>> = predict_dataset_async(
             &self.model,
             &self.config,
             &self.tokenizer,
             &questions_dataset(pairs),
-            &self.windows,
-            &self.answers,
+            &windows,
+            answers,
             WINDOWS_PER_BATCH,
             &self.device,
         )
@@ -145,6 +181,16 @@ impl<B: Backend> QuestionAnswering<B> {
         Ok((0..pairs.len())
             .map(|index| by_question.remove(&index.to_string()).unwrap_or_default())
             .collect())
+    }
+
+    /// The model, for callers that want its raw start and end logits.
+    pub fn model(&self) -> &BertForQuestionAnswering<B> {
+        &self.model
+    }
+
+    /// Its tokenizer.
+    pub fn tokenizer(&self) -> &BertTokenizer {
+        &self.tokenizer
     }
 
     /// The model's configuration.

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::config::BertConfig;
 use crate::error::{PipelineError, PretrainedError};
 use crate::model::{BertModel, TokenBatch};
-use crate::pretrained::{load_model, ModelFiles};
+use crate::pretrained::{load_model, LoadedModel, ModelBytes, ModelFiles};
 use crate::tokenizer::{BertTokenizer, Encoding};
 
 use super::encoding::{
@@ -252,19 +252,43 @@ impl<B: Backend> SentenceEmbeddings<B> {
         let files = ModelFiles::find(dir, None)?;
         let (pooling, notice) = Pooling::from_folder(dir)?;
         let tokenizer = files.read_tokenizer(None)?;
-        let mut loaded = load_model::<B>(&files, &[] as &[PathBuf], device)?;
+        let loaded = load_model::<B>(&files, &[] as &[PathBuf], device)?;
+        let mut pipeline = Self::from_loaded(loaded, tokenizer, pooling, device);
+        pipeline.notices.extend(notice);
+        Ok(pipeline)
+    }
+
+    /// Loads the files of an encoder already in memory (a browser's downloads), pooled as
+    /// `pooling` says (what the model's sentence-transformers files declare, e.g. mean pooling,
+    /// normalised, 256 tokens for all-MiniLM-L6-v2).
+    pub fn from_bytes(
+        bytes: &ModelBytes,
+        pooling: Pooling,
+        device: &B::Device,
+    ) -> Result<Self, PipelineError> {
+        let tokenizer = bytes.read_tokenizer()?;
+        let loaded = bytes.load_model::<B>(device)?;
+        Ok(Self::from_loaded(loaded, tokenizer, pooling, device))
+    }
+
+    fn from_loaded(
+        mut loaded: LoadedModel<B>,
+        tokenizer: BertTokenizer,
+        pooling: Pooling,
+        device: &B::Device,
+    ) -> Self {
         // The pooled output is not used; its projection would cost a product per text.
         loaded.model.bert.pooler = None;
-        Ok(Self {
+        Self {
             model: loaded.model.bert,
             config: loaded.config,
             tokenizer,
             pooling,
             truncation: Truncation::default(),
             batch_size: DEFAULT_BATCH_SIZE,
-            notices: notice.into_iter().collect(),
+            notices: Vec::new(),
             device: device.clone(),
-        })
+        }
     }
 
     /// Texts per forward pass (at least 1). Texts are sorted by length first, so a batch holds

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::config::BertConfig;
 use crate::error::{PipelineError, PretrainedError};
 use crate::model::{BertForSequenceClassification, TokenBatch};
-use crate::pretrained::{load_model, ModelFiles};
+use crate::pretrained::{load_model, LoadedModel, ModelBytes, ModelFiles};
 use crate::tokenizer::BertTokenizer;
 
 use super::encoding::{
@@ -72,6 +72,37 @@ impl<B: Backend> SequenceClassification<B> {
         let files = ModelFiles::find(dir.as_ref(), None)?;
         let tokenizer = files.read_tokenizer(None)?;
         let loaded = load_model::<B>(&files, &[] as &[PathBuf], device)?;
+        let config_text =
+            std::fs::read_to_string(&files.config).map_err(|source| PretrainedError::Io {
+                path: files.config.display().to_string(),
+                source,
+            })?;
+        Self::from_loaded(loaded, tokenizer, &files.config, &config_text, device)
+    }
+
+    /// Loads the files of a sequence-classification model already in memory (a browser's
+    /// downloads), with the class names of its configuration.
+    pub fn from_bytes(bytes: &ModelBytes, device: &B::Device) -> Result<Self, PipelineError> {
+        let tokenizer = bytes.read_tokenizer()?;
+        let loaded = bytes.load_model::<B>(device)?;
+        Self::from_loaded(
+            loaded,
+            tokenizer,
+            Path::new(&bytes.config.0),
+            bytes.config_text()?,
+            device,
+        )
+    }
+
+    /// The pipeline over a loaded model, which must have a `classifier` head; the class names
+    /// from `config_text`, the text of the configuration file `config_path`.
+    fn from_loaded(
+        loaded: LoadedModel<B>,
+        tokenizer: BertTokenizer,
+        config_path: &Path,
+        config_text: &str,
+        device: &B::Device,
+    ) -> Result<Self, PipelineError> {
         let report = loaded.report;
         let classifier = match loaded.model.classifier {
             Some(classifier) if report.missing.is_empty() => classifier,
@@ -95,12 +126,7 @@ impl<B: Backend> SequenceClassification<B> {
                 problem: "the classifier has no outputs".into(),
             });
         }
-        let config_text =
-            std::fs::read_to_string(&files.config).map_err(|source| PretrainedError::Io {
-                path: files.config.display().to_string(),
-                source,
-            })?;
-        let labels = class_labels(&files.config, &config_text, classes)?;
+        let labels = class_labels(config_path, config_text, classes)?;
         let config = loaded.config;
         Ok(Self {
             model: BertForSequenceClassification {

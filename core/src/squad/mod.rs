@@ -15,6 +15,5 @@ pub use metric::{evaluate, evaluate_answers, SquadScores};
 pub use postprocess::{best_answers, Answer, AnswerConfig, WindowLogits};
 pub use predict::{
     answers_by_question, predict_dataset_async, window_logits, window_logits_async, PredictError,
-    QuestionAnswerer,
 };
 pub use train::qa_loss;

@@ -148,52 +148,6 @@ pub async fn predict_dataset_async<B: Backend>(
     )?)
 }
 
-/// A question-answering model ready to answer: the model, its configuration and tokenizer, and the
-/// window and answer settings.
-pub struct QuestionAnswerer<'a, B: Backend> {
-    /// The model.
-    pub model: &'a BertForQuestionAnswering<B>,
-    /// Its configuration.
-    pub config: &'a BertConfig,
-    /// Its tokenizer.
-    pub tokenizer: &'a BertTokenizer,
-    /// Windows over long contexts.
-    pub features: FeatureConfig,
-    /// n-best and answer length.
-    pub answers: AnswerConfig,
-    /// Where the model lives.
-    pub device: &'a B::Device,
-}
-
-impl<B: Backend> QuestionAnswerer<'_, B> {
-    /// Answers `question` from `context` (any length: windows as in SQuAD), best first.
-    ///
-    /// Blocks until the device answers; in a browser on WebGPU use [`Self::answer_async`].
-    pub fn answer(&self, question: &str, context: &str) -> Result<Vec<Answer>, PredictError> {
-        block_on(self.answer_async(question, context))
-    }
-
-    /// [`Self::answer`] without blocking.
-    pub async fn answer_async(
-        &self,
-        question: &str,
-        context: &str,
-    ) -> Result<Vec<Answer>, PredictError> {
-        let mut by_question = predict_dataset_async(
-            self.model,
-            self.config,
-            self.tokenizer,
-            &questions_dataset(&[(question, context)]),
-            &self.features,
-            &self.answers,
-            8,
-            self.device,
-        )
-        .await?;
-        Ok(by_question.remove("0").unwrap_or_default())
-    }
-}
-
 /// A dataset of one question about one context per pair, the pair's position as its id.
 pub(crate) fn questions_dataset<Q: AsRef<str>, C: AsRef<str>>(pairs: &[(Q, C)]) -> SquadDataset {
     SquadDataset {

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use bert_core::model::BertForQuestionAnswering;
-use bert_core::squad::{AnswerConfig, FeatureConfig, QuestionAnswerer};
+use bert_core::pipelines::QuestionAnswering;
+use bert_core::squad::{AnswerConfig, FeatureConfig};
 use burn::tensor::backend::Backend;
 use clap::Args;
 use serde_json::json;
@@ -61,9 +62,6 @@ pub fn run(args: QaArgs) -> Result<()> {
         bail!("the question and the context must not be empty");
     }
     let source = args.model.resolve()?;
-    let max_seq_length = args
-        .max_seq_length
-        .min(source.config.max_position_embeddings);
     let backend = args.backend;
     backend::run(
         backend,
@@ -71,7 +69,6 @@ pub fn run(args: QaArgs) -> Result<()> {
             args,
             source,
             context,
-            max_seq_length,
         },
     )
 }
@@ -80,7 +77,6 @@ struct QaJob {
     args: QaArgs,
     source: ModelSource,
     context: String,
-    max_seq_length: usize,
 }
 
 impl Job for QaJob {
@@ -89,23 +85,25 @@ impl Job for QaJob {
     fn run<B: Backend>(self, device: B::Device) -> Result<()> {
         let mut model = BertForQuestionAnswering::<B>::new(&self.source.config, &device);
         self.source.load_into(&mut model, true)?;
-        let answerer = QuestionAnswerer {
-            model: &model,
-            config: &self.source.config,
-            tokenizer: &self.source.tokenizer,
-            features: FeatureConfig {
-                max_seq_length: self.max_seq_length,
-                doc_stride: self.args.doc_stride,
-                max_query_length: 64,
-            },
-            answers: AnswerConfig {
-                n_best_size: self.args.n_best.max(20),
-                max_answer_length: self.args.max_answer_length,
-            },
-            device: &device,
-        };
+        let answerer = QuestionAnswering::from_model(
+            model,
+            self.source.config,
+            self.source.tokenizer,
+            &device,
+        )
+        .with_windows(FeatureConfig {
+            max_seq_length: self.args.max_seq_length,
+            doc_stride: self.args.doc_stride,
+            max_query_length: 64,
+        })
+        .with_answers(AnswerConfig {
+            n_best_size: self.args.n_best.max(20),
+            max_answer_length: self.args.max_answer_length,
+        });
         let answers = answerer.answer(&self.args.question, &self.context)?;
-        let best = &answers[0];
+        let Some(best) = answers.first() else {
+            bail!("no answer span found in the context");
+        };
         eprintln!("{} ({:.1}%)", best.text, 100.0 * best.probability);
         let n_best: Vec<_> = answers.iter().take(self.args.n_best.max(1)).collect();
         println!(

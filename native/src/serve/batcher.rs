@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bert_core::model::TokenBatch;
 use bert_core::pipelines::{Classifications, Embeddings};
-use bert_core::squad::{Answer, AnswerConfig, FeatureConfig, QuestionAnswerer};
+use bert_core::squad::{Answer, AnswerConfig, FeatureConfig};
 use burn::tensor::backend::Backend;
 use tokio::sync::oneshot;
 
@@ -206,7 +206,7 @@ pub fn work<B: Backend>(
             } => {
                 record_queue(metrics, queued);
                 let started = Instant::now();
-                let result = guarded(|| answer(&model, &device, &question, &context, n_best));
+                let result = guarded(|| answer(&model, &question, &context, n_best));
                 metrics.record_execution(1, started.elapsed());
                 finish(metrics, reply, result);
             }
@@ -293,7 +293,6 @@ fn guarded<T>(f: impl FnOnce() -> anyhow::Result<T>) -> Result<T, String> {
 
 fn answer<B: Backend>(
     model: &ServedModel<B>,
-    device: &B::Device,
     question: &str,
     context: &str,
     n_best: usize,
@@ -301,22 +300,16 @@ fn answer<B: Backend>(
     let TaskModel::QuestionAnswering(qa) = &model.model else {
         anyhow::bail!("{} is not a question-answering model", model.name);
     };
-    let answerer = QuestionAnswerer {
-        model: qa,
-        config: &model.config,
-        tokenizer: &model.tokenizer,
-        features: FeatureConfig {
-            max_seq_length: model.settings.max_seq_length,
-            doc_stride: model.settings.doc_stride,
-            max_query_length: 64,
-        },
-        answers: AnswerConfig {
-            n_best_size: n_best.max(20),
-            ..AnswerConfig::default()
-        },
-        device,
+    let windows = FeatureConfig {
+        max_seq_length: model.settings.max_seq_length,
+        doc_stride: model.settings.doc_stride,
+        max_query_length: 64,
     };
-    let mut answers = answerer.answer(question, context)?;
+    let answers = AnswerConfig {
+        n_best_size: n_best.max(20),
+        ..AnswerConfig::default()
+    };
+    let mut answers = qa.answer_with(question, context, &windows, &answers)?;
     answers.truncate(n_best.max(1));
     Ok(answers)
 }

@@ -5,8 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bert_core::model::{BertForQuestionAnswering, BertWithHeads, TokenBatch};
-use bert_core::pipelines::{SentenceEmbeddings, SequenceClassification};
-use bert_core::tokenizer::BertTokenizer;
+use bert_core::pipelines::{QuestionAnswering, SentenceEmbeddings, SequenceClassification};
 use bert_core::BertConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -83,16 +82,14 @@ pub struct ServedModel<B: Backend> {
     pub settings: ModelSettings,
     /// Its configuration.
     pub config: BertConfig,
-    /// Its tokenizer (for `/qa`).
-    pub tokenizer: BertTokenizer,
     /// The task's model.
     pub model: TaskModel<B>,
 }
 
 /// The model of each task.
 pub enum TaskModel<B: Backend> {
-    /// Question answering.
-    QuestionAnswering(Box<BertForQuestionAnswering<B>>),
+    /// The question-answering pipeline (its model also answers `/infer` with raw logits).
+    QuestionAnswering(Box<QuestionAnswering<B>>),
     /// The sequence-classification pipeline.
     SequenceClassification(Box<SequenceClassification<B>>),
     /// The encoder (with whatever heads its checkpoint holds, unused).
@@ -154,7 +151,7 @@ impl<B: Backend> ServedModel<B> {
                 let limit = pipeline.max_tokens();
                 Some((
                     pipeline.config().clone(),
-                    pipeline.tokenizer().clone(),
+                    pipeline.tokenizer().vocab_size(),
                     limit,
                     TaskModel::SentenceEmbeddings(Box::new(pipeline)),
                 ))
@@ -163,19 +160,19 @@ impl<B: Backend> ServedModel<B> {
                 let pipeline = SequenceClassification::from_folder(folder, device)?;
                 Some((
                     pipeline.config().clone(),
-                    pipeline.tokenizer().clone(),
+                    pipeline.tokenizer().vocab_size(),
                     pipeline.config().max_position_embeddings,
                     TaskModel::SequenceClassification(Box::new(pipeline)),
                 ))
             }
             Task::QuestionAnswering | Task::Encoder => None,
         };
-        if let Some((config, tokenizer, limit, model)) = pipeline {
-            if tokenizer.vocab_size() > config.vocab_size {
+        if let Some((config, vocab_size, limit, model)) = pipeline {
+            if vocab_size > config.vocab_size {
                 bail!(
                     "{}: the vocabulary has {} entries but the model only {}: wrong vocabulary for this model",
                     folder.display(),
-                    tokenizer.vocab_size(),
+                    vocab_size,
                     config.vocab_size
                 );
             }
@@ -186,7 +183,6 @@ impl<B: Backend> ServedModel<B> {
                     ..settings
                 },
                 config,
-                tokenizer,
                 model,
             });
         }
@@ -208,7 +204,12 @@ impl<B: Backend> ServedModel<B> {
             Task::QuestionAnswering => {
                 let mut model = BertForQuestionAnswering::new(&config, device);
                 source.load_into(&mut model, true)?;
-                TaskModel::QuestionAnswering(Box::new(model))
+                TaskModel::QuestionAnswering(Box::new(QuestionAnswering::from_model(
+                    model,
+                    config.clone(),
+                    source.tokenizer.clone(),
+                    device,
+                )))
             }
             Task::Encoder => {
                 let mut model = BertWithHeads::new(&config, heads, device);
@@ -227,7 +228,6 @@ impl<B: Backend> ServedModel<B> {
             name,
             settings,
             config,
-            tokenizer: source.tokenizer,
             model,
         })
     }
@@ -260,8 +260,8 @@ impl<B: Backend> ServedModel<B> {
             data: values,
         };
         Ok(match &self.model {
-            TaskModel::QuestionAnswering(model) => {
-                let (start, end) = model.forward(input()?);
+            TaskModel::QuestionAnswering(pipeline) => {
+                let (start, end) = pipeline.model().forward(input()?);
                 let shape = start.dims().to_vec();
                 vec![
                     host("start_logits", shape.clone(), values(start)?),

@@ -5,7 +5,7 @@
 
 use bert_core::error::PipelineError;
 use bert_core::pipelines::{FillMask, Filler};
-use bert_tests::{fixture, minilm_dir, minilm_with_heads, read_safetensors, TempDir};
+use bert_tests::{fixture, minilm_dir, minilm_with_heads, model_bytes, read_safetensors, TempDir};
 use burn::backend::flex::{Flex, FlexDevice};
 use serde_json::Value;
 
@@ -33,6 +33,12 @@ fn fills_masks_as_hugging_faces_pipeline() {
     let pipeline = FillMask::<Flex>::from_folder(&dir.0, &FlexDevice).unwrap();
     let filled = pipeline.fill(&texts).unwrap();
     assert!(filled.truncated.is_empty());
+    let from_bytes = FillMask::<Flex>::from_bytes(&model_bytes(&dir.0), &FlexDevice).unwrap();
+    assert_eq!(
+        from_bytes.fill(&texts).unwrap(),
+        filled,
+        "the same files in memory"
+    );
     let expected = cases["fillers"].as_array().unwrap();
     for (t, (ours, theirs)) in filled.fillers.iter().zip(expected).enumerate() {
         let theirs = theirs.as_array().unwrap();

@@ -1,15 +1,17 @@
 //! The question-answering pipeline on MiniLM with the fixtures' seeded span head: the same
-//! answers as the windowed SQuAD prediction it wraps (`QuestionAnswerer`, which the CLI and the
-//! server use), whatever the batching, from any thread; character offsets that point at the
-//! answer; and clear errors.
+//! answers as the windowed SQuAD prediction it wraps (what `run_squad.py` does over a dataset),
+//! whatever the batching, with the pipeline's settings or each call's, from any thread;
+//! character offsets that point at the answer; and clear errors.
 
 use std::sync::Arc;
 
 use bert_core::error::PipelineError;
 use bert_core::pipelines::QuestionAnswering;
-use bert_core::pretrained::ModelBytes;
-use bert_core::squad::{Answer, AnswerConfig, FeatureConfig, QuestionAnswerer};
-use bert_tests::{fixture, minilm_dir, minilm_with_heads, TempDir};
+use bert_core::squad::{
+    answers_by_question, convert_examples_to_features, read_examples, window_logits, Answer,
+    AnswerConfig, FeatureConfig, SquadDataset,
+};
+use bert_tests::{fixture, minilm_dir, minilm_with_heads, model_bytes, TempDir};
 use burn::backend::flex::{Flex, FlexDevice};
 
 /// A model folder, `name`d for its test: MiniLM's encoder and tokenizer with the seeded span
@@ -70,31 +72,69 @@ fn answers_as_the_windowed_prediction_does_with_offsets_into_the_context() {
         assert_eq!(span, answer.text, "the offsets point at the answer");
     }
 
-    // The same as QuestionAnswerer over the same files (loaded the browser's way).
-    let read = |name: &str| (name.to_string(), std::fs::read(dir.path(name)).unwrap());
-    let bytes = ModelBytes {
-        config: read("config.json"),
-        weights: read("model.safetensors"),
-        tokenizer: read("tokenizer.json"),
-    };
+    // The same as SQuAD prediction over a dataset of this one question, with the same files
+    // (loaded the browser's way).
+    let bytes = model_bytes(&dir.0);
     let loaded = bytes.question_answering::<Flex>(true, &FlexDevice).unwrap();
-    let answerer = QuestionAnswerer {
-        model: &loaded.model,
-        config: &loaded.config,
-        tokenizer: &loaded.tokenizer,
-        features: FeatureConfig::default(),
-        answers: AnswerConfig::default(),
-        device: &FlexDevice,
-    };
-    assert!(same(
-        &answers,
-        &answerer.answer(QUESTIONS[0], &context).unwrap()
-    ));
+    let dataset: SquadDataset = serde_json::from_value(serde_json::json!({
+        "version": "1.1",
+        "data": [{"title": "", "paragraphs": [{"context": context, "qas": [
+            {"id": "q", "question": QUESTIONS[0], "answers": []}
+        ]}]}]
+    }))
+    .unwrap();
+    let (examples, _) = read_examples(&dataset, false);
+    let windows = FeatureConfig::default();
+    let features =
+        convert_examples_to_features(&examples, &loaded.tokenizer, &windows, false).unwrap();
+    assert!(features.len() > 1, "the context spans several windows");
+    let logits = window_logits(
+        &loaded.model,
+        &loaded.config,
+        &features,
+        windows.max_seq_length,
+        3,
+        &FlexDevice,
+    )
+    .unwrap();
+    let mut predicted = answers_by_question(
+        &examples,
+        &features,
+        &logits,
+        &loaded.tokenizer,
+        &AnswerConfig::default(),
+    )
+    .unwrap();
+    assert!(same(&answers, &predicted.remove("q").unwrap()));
     let from_bytes = QuestionAnswering::<Flex>::from_bytes(&bytes, &FlexDevice).unwrap();
     assert!(same(
         &answers,
         &from_bytes.answer(QUESTIONS[0], &context).unwrap()
     ));
+
+    // One call's own windows and answer settings: as a pipeline built with them.
+    let short_windows = FeatureConfig {
+        max_seq_length: 128,
+        doc_stride: 64,
+        max_query_length: 64,
+    };
+    let three = AnswerConfig {
+        n_best_size: 3,
+        ..AnswerConfig::default()
+    };
+    let per_call = pipeline
+        .answer_with(QUESTIONS[0], &context, &short_windows, &three)
+        .unwrap();
+    assert_eq!(per_call.len(), 3);
+    let configured = from_bytes.with_windows(short_windows).with_answers(three);
+    assert!(same(
+        &per_call,
+        &configured.answer(QUESTIONS[0], &context).unwrap()
+    ));
+    assert!(
+        !same(&per_call, &answers[..3]),
+        "the windows changed the logits"
+    );
 
     // Several pairs at once: each as if alone.
     let short = "The mayor of Saltash was Ann Cooper.";

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bert_core::error::PipelineError;
 use bert_core::pipelines::{Pooling, PoolingMode, SentenceEmbeddings, Truncation};
-use bert_tests::{golden_embeddings, TempDir};
+use bert_tests::{golden_embeddings, model_bytes, TempDir};
 use burn::backend::flex::{Flex, FlexDevice};
 use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
@@ -39,6 +39,15 @@ fn matches_sentence_transformers<B: Backend>(device: &B::Device) {
     assert!(pipeline.notices().is_empty());
     assert_eq!(pipeline.max_tokens(), golden.max_seq_length);
     let embeddings = pipeline.embed(&golden.sentences).unwrap();
+    // The same files in memory, with the same pooling, give the same vectors.
+    let from_bytes = SentenceEmbeddings::<B>::from_bytes(
+        &model_bytes(&bert_tests::minilm_dir()),
+        pipeline.pooling().clone(),
+        device,
+    )
+    .unwrap()
+    .with_batch_size(3);
+    assert_eq!(from_bytes.embed(&golden.sentences).unwrap(), embeddings);
     let over_limit: Vec<usize> = (0..golden.sentences.len())
         .filter(|&i| golden.tokens_before_truncation[i] > golden.max_seq_length)
         .collect();

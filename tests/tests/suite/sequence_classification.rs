@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bert_core::error::PipelineError;
 use bert_core::pipelines::{ClassScore, SequenceClassification, Truncation};
-use bert_tests::{fixture, minilm_dir, minilm_with_heads, TempDir};
+use bert_tests::{fixture, minilm_dir, minilm_with_heads, model_bytes, TempDir};
 use burn::backend::flex::{Flex, FlexDevice};
 use serde_json::Value;
 
@@ -73,6 +73,12 @@ fn classifies_texts_and_pairs_as_hugging_faces_pipeline() {
     let classified = pipeline.classify(&texts).unwrap();
     assert!(classified.truncated.is_empty());
     assert_same("text", &classified.scores, &cases["text_scores"]);
+    // The same files in memory: the same classes, named by the same id2label.
+    let from_bytes = SequenceClassification::<Flex>::from_bytes(&model_bytes(&dir.0), &FlexDevice)
+        .unwrap()
+        .with_batch_size(3);
+    assert_eq!(from_bytes.labels(), pipeline.labels());
+    assert_eq!(from_bytes.classify(&texts).unwrap(), classified);
     let pairs: Vec<(&str, &str)> = cases["pairs"]
         .as_array()
         .unwrap()
