@@ -788,7 +788,10 @@ impl TwoHosts {
     const ADDRESSES: [&'static str; 2] = ["10.77.0.1", "10.77.0.2"];
 
     fn new() -> Self {
-        let id = std::process::id() % 100_000;
+        // Tests run at once in one process: each pair of hosts gets its own names.
+        static PAIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let pair = PAIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}{pair}", std::process::id() % 100_000);
         let names = [format!("bert-{id}-a"), format!("bert-{id}-b")];
         let hosts = Self {
             link: format!("bv{id}a"),
@@ -864,6 +867,27 @@ impl TwoHosts {
             .expect("ip netns exec runs")
     }
 
+    /// Kills (SIGKILL) the training rank running on host `node`, leaving its launcher to notice.
+    fn kill_rank(&self, node: usize) {
+        let output = Command::new("ip")
+            .args(["netns", "pids", &self.names[node]])
+            .output()
+            .unwrap();
+        let rank = String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .find(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                cmdline.split(|&b| b == 0).nth(1) == Some(b"pretrain".as_slice())
+            })
+            .map(str::to_string)
+            .expect("a pretrain rank runs on the host");
+        assert!(Command::new("kill")
+            .args(["-KILL", &rank])
+            .status()
+            .unwrap()
+            .success());
+    }
+
     /// Cuts the link between the hosts: no packet passes, and neither side is told.
     fn cut(&self) {
         let status = Command::new("ip")
@@ -927,5 +951,94 @@ fn a_cut_link_between_two_hosts_stops_both_within_seconds() {
     assert!(
         elapsed < std::time::Duration::from_secs(60),
         "both hosts stopped {elapsed:?} after the cut"
+    );
+}
+
+/// One rank on each of two hosts, pretraining with a checkpoint every step: when one host's rank
+/// is killed mid-run, both launchers stop with an error naming what was lost, and starting both
+/// again with `--resume-from-checkpoint` ends on the weights of the same job run straight through
+/// (on one host), bit for bit.
+#[test]
+fn a_rank_killed_on_one_host_stops_both_and_both_resume_exactly() {
+    let tmp = TempDir::new("two-hosts-resume");
+    let config = small_config(&tmp.0);
+    let every_step = ["--num-steps-per-checkpoint", "1"];
+    let straight = tmp.0.join("straight");
+    succeed(&as_strs(&launch_args(
+        2,
+        &as_strs(&small_run(&config, &straight, 8, &every_step)),
+    )));
+    let expected = std::fs::read(straight.join("model.safetensors")).unwrap();
+
+    let hosts = TwoHosts::new();
+    let out = tmp.0.join("two-hosts");
+    let args = small_run(&config, &out, 8, &every_step);
+    let nodes = [
+        hosts.launch(0, &as_strs(&args)),
+        hosts.launch(1, &as_strs(&args)),
+    ];
+    let log = out.join("dllogger.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("\"step\":[0,2]")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never reached step 2"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    hosts.kill_rank(1);
+    let killed = std::time::Instant::now();
+    for (node, expected_error) in nodes.into_iter().zip(["lost rank 1", "rank 1 failed"]) {
+        let output = node.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(stderr.contains(expected_error), "{stderr}");
+    }
+    let elapsed = killed.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_secs(60),
+        "both hosts stopped {elapsed:?} after the kill"
+    );
+    assert!(
+        !out.join("model.safetensors").exists(),
+        "killed before the end"
+    );
+
+    let mut resume = args.clone();
+    resume.push("--resume-from-checkpoint".into());
+    for node in [
+        hosts.launch(0, &as_strs(&resume)),
+        hosts.launch(1, &as_strs(&resume)),
+    ] {
+        let output = node.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        expected,
+        "resumed on two hosts after the kill: the weights of the straight run"
+    );
+    let steps: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(&l[5..]).ok())
+        .filter_map(|e| {
+            e["step"]
+                .as_array()
+                .filter(|s| s.len() == 2)
+                .map(|s| s[1].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        (steps.iter().filter(|&&s| s == 1).count(), steps.last()),
+        (1, Some(&8)),
+        "the restart went on from a checkpoint, not from the first step: {steps:?}"
     );
 }

@@ -782,7 +782,9 @@ fn slow_and_abandoned_clients_time_out_and_never_hold_the_server() {
         );
         if what == "half a body" {
             assert!(
-                reply.starts_with("HTTP/1.1 408") && reply.contains("did not arrive within 2 s"),
+                reply.starts_with("HTTP/1.1 408")
+                    && reply.contains("did not arrive within 2 s")
+                    && reply.to_ascii_lowercase().contains("connection: close"),
                 "{reply}"
             );
         }
@@ -809,6 +811,24 @@ fn slow_and_abandoned_clients_time_out_and_never_hold_the_server() {
     );
     assert_eq!(reply.status, 200);
     drop(never_reading);
+
+    // A body over the limit (2 MiB) is refused, and the answer says that the connection closes:
+    // a kept-alive client must not write its next request into it.
+    let mut stream = connect();
+    let body = vec![b'x'; (2 << 20) + 1];
+    let head = format!(
+        "POST /v2/models/minilm/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body).unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 413")
+            && reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
 }
 
 #[test]

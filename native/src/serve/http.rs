@@ -81,7 +81,8 @@ pub fn router(models: Vec<ModelEntry>, body_timeout: Duration) -> Router {
 const MAX_BODY_BYTES: usize = 2 << 20;
 
 /// Reads the request's whole body before it is routed, within `timeout`: a client trickling its
-/// body (a slow-loris client) gets a 408 instead of holding its connection open.
+/// body (a slow-loris client) gets a 408 instead of holding its connection open. A body refused
+/// part-read closes its connection, and the answer says so.
 async fn read_body_within(
     State(timeout): State<Duration>,
     request: Request,
@@ -94,18 +95,18 @@ async fn read_body_within(
             let too_long = std::error::Error::source(&e)
                 .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
             if too_long {
-                error(
+                closing(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
                 )
             } else {
-                error(
+                closing(
                     StatusCode::BAD_REQUEST,
                     format!("cannot read the request body: {e}"),
                 )
             }
         }
-        Err(_) => error(
+        Err(_) => closing(
             StatusCode::REQUEST_TIMEOUT,
             format!(
                 "the request body did not arrive within {} s",
@@ -117,6 +118,17 @@ async fn read_body_within(
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// An error answered before the body was read to its end: the connection cannot carry another
+/// request, so the answer says `Connection: close` (hyper then closes it), and a kept-alive
+/// client opens a new one instead of writing into a closed socket.
+fn closing(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut response = error(status, message);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn find<'a>(models: &'a Models, name: &str) -> Option<&'a ModelEntry> {
