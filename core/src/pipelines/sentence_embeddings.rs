@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
+use futures_lite::future::block_on;
 use serde::Deserialize;
 
 use crate::config::BertConfig;
@@ -17,6 +18,7 @@ use crate::tokenizer::{BertTokenizer, Encoding};
 use super::encoding::{
     batches_by_length, encode_inputs, single_texts, token_batch, Encoded, Truncation,
 };
+use super::read_back;
 
 /// Texts per forward pass unless set ([`SentenceEmbeddings::with_batch_size`]), as
 /// sentence-transformers' default.
@@ -330,7 +332,17 @@ impl<B: Backend> SentenceEmbeddings<B> {
 
     /// The embedding of every text, in order. An empty list is an error; an empty text is not
     /// (it embeds `[CLS] [SEP]`).
+    ///
+    /// Blocks until the device answers; in a browser on WebGPU use [`Self::embed_async`].
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Embeddings, PipelineError> {
+        block_on(self.embed_async(texts))
+    }
+
+    /// [`Self::embed`] without blocking.
+    pub async fn embed_async<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+    ) -> Result<Embeddings, PipelineError> {
         let inputs = single_texts(texts);
         let Encoded {
             encodings,
@@ -340,7 +352,8 @@ impl<B: Backend> SentenceEmbeddings<B> {
         let mut vectors = vec![Vec::new(); texts.len()];
         for batch in batches_by_length(&encodings, self.batch_size) {
             let token_batch = token_batch(&self.tokenizer, &encodings, &batch);
-            for (&index, vector) in batch.iter().zip(self.embed_tokens(&token_batch)?) {
+            let embedded = self.embed_tokens_async(&token_batch).await?;
+            for (&index, vector) in batch.iter().zip(embedded) {
                 vectors[index] = vector;
             }
         }
@@ -354,14 +367,18 @@ impl<B: Backend> SentenceEmbeddings<B> {
     /// The embedding of every row of an already tokenized batch, pooled over the positions its
     /// attention mask keeps (all of them when it has none): one forward pass.
     pub fn embed_tokens(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>, PipelineError> {
+        block_on(self.embed_tokens_async(batch))
+    }
+
+    /// [`Self::embed_tokens`] without blocking.
+    pub async fn embed_tokens_async(
+        &self,
+        batch: &TokenBatch,
+    ) -> Result<Vec<Vec<f32>>, PipelineError> {
         let input = batch.to_input::<B>(&self.config, &self.device)?;
         let hidden_states = self.model.forward(input).sequence_output;
         let [_, seq_len, hidden] = hidden_states.dims();
-        let values: Vec<f32> = hidden_states
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(|error| PipelineError::Backend(format!("{error:?}")))?;
+        let values = read_back(hidden_states).await?;
         Ok(values
             .chunks_exact(seq_len * hidden)
             .enumerate()
