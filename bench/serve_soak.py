@@ -79,9 +79,15 @@ def sentence(rng):
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 60)))
 
 
-def infer_json(rng):
+def token_ids(rng):
+    """One sequence of 8 to 128 token ids, framed by [CLS] and [SEP]."""
     length = rng.randint(8, 128)
-    ids = [101] + [rng.randint(1000, 29000) for _ in range(length - 2)] + [102]
+    return [101] + [rng.randint(1000, 29000) for _ in range(length - 2)] + [102]
+
+
+def infer_json(rng):
+    ids = token_ids(rng)
+    length = len(ids)
     body = {"inputs": [{"name": "input_ids", "shape": [1, length], "datatype": "INT64",
                         "data": ids}],
             "outputs": [{"name": "last_hidden_state",
@@ -90,8 +96,8 @@ def infer_json(rng):
 
 
 def infer_binary(rng):
-    length = rng.randint(8, 128)
-    ids = [101] + [rng.randint(1000, 29000) for _ in range(length - 2)] + [102]
+    ids = token_ids(rng)
+    length = len(ids)
     header = json.dumps({
         "inputs": [{"name": "input_ids", "shape": [1, length], "datatype": "INT64",
                     "parameters": {"binary_data_size": 8 * length}}],

@@ -278,6 +278,22 @@ fn small_run(config: &Path, out: &Path, max_steps: u64, extra: &[&str]) -> Vec<S
     args
 }
 
+/// The global step of every optimizer-step line of a DLLogger file (`"step": [epoch, step]`), in
+/// the order logged (a resumed run appends to its log).
+fn step_numbers(log: &Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(&l[5..]).ok())
+        .filter_map(|e| {
+            e["step"]
+                .as_array()
+                .filter(|s| s.len() == 2)
+                .map(|s| s[1].as_u64().unwrap())
+        })
+        .collect()
+}
+
 #[test]
 fn resuming_gives_bit_identical_weights_even_after_a_kill() {
     let tmp = TempDir::new("resume");
@@ -315,17 +331,7 @@ fn resuming_gives_bit_identical_weights_even_after_a_kill() {
         expected,
         "stop at 2 and resume"
     );
-    let steps: Vec<u64> = std::fs::read_to_string(split.join("dllogger.json"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(&l[5..]).ok())
-        .filter_map(|e| {
-            e["step"]
-                .as_array()
-                .filter(|s| s.len() == 2)
-                .map(|s| s[1].as_u64().unwrap())
-        })
-        .collect();
+    let steps = step_numbers(&split.join("dllogger.json"));
     assert_eq!(
         steps,
         [1, 2, 3, 4, 5, 6],
@@ -1025,17 +1031,7 @@ fn a_rank_killed_on_one_host_stops_both_and_both_resume_exactly() {
         expected,
         "resumed on two hosts after the kill: the weights of the straight run"
     );
-    let steps: Vec<u64> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(&l[5..]).ok())
-        .filter_map(|e| {
-            e["step"]
-                .as_array()
-                .filter(|s| s.len() == 2)
-                .map(|s| s[1].as_u64().unwrap())
-        })
-        .collect();
+    let steps = step_numbers(&log);
     assert_eq!(
         (steps.iter().filter(|&&s| s == 1).count(), steps.last()),
         (1, Some(&8)),

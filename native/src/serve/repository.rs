@@ -207,7 +207,7 @@ impl<B: Backend> ServedModel<B> {
                 TaskModel::QuestionAnswering(Box::new(QuestionAnswering::from_model(
                     model,
                     config.clone(),
-                    source.tokenizer.clone(),
+                    source.tokenizer,
                     device,
                 )))
             }
