@@ -24,18 +24,36 @@ async function bertWeb(backend, warmup, runs) {
   await page.fill("#context", testCase.context);
   await page.fill("#question", testCase.question);
   const times = [];
+  // PROFILE=1: V8's sampling profiler over the timed runs, self time per function (wasm functions
+  // by their name-section names, so build without wasm-opt's stripping to read them).
+  const profiler = process.env.PROFILE === "1" && backend === "cpu" ? await page.context().newCDPSession(page) : null;
+  if (profiler) { await profiler.send("Profiler.enable"); await profiler.send("Profiler.setSamplingInterval", { interval: 200 }); }
   for (let i = 0; i < warmup + runs; i++) {
+    if (profiler && i === warmup) await profiler.send("Profiler.start");
     await page.evaluate(() => document.querySelector("#answer-ms")?.remove());
     await page.click("#ask");
     await page.waitForSelector("#answer-ms", { timeout: 1_800_000 });
     const ms = Number(await page.textContent("#answer-ms"));
     if (i >= warmup) times.push(ms);
   }
+  if (profiler) printProfile((await profiler.send("Profiler.stop")).profile);
   const result = { name: `bert-web ${backend}`, backend: await page.textContent("#backend"), times_ms: times, median_ms: median(times), answer: await page.textContent("#answer-text") };
   console.log(JSON.stringify(result));
   results.push(result);
   await page.close();
   return result;
+}
+
+function printProfile(profile) {
+  const self = new Map();
+  for (const node of profile.nodes) {
+    const name = node.callFrame.functionName || `(${node.callFrame.url || "anonymous"})`;
+    self.set(name, (self.get(name) || 0) + (node.hitCount || 0));
+  }
+  const total = [...self.values()].reduce((a, b) => a + b, 0);
+  for (const [name, hits] of [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 40)) {
+    console.log(`${(100 * hits / total).toFixed(1).padStart(5)}%  ${name.slice(0, 160)}`);
+  }
 }
 
 async function anchor(device, warmup, runs) {

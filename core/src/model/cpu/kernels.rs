@@ -36,42 +36,6 @@ fn sum_by(len: usize, f: impl Fn(usize) -> f32) -> f32 {
     total
 }
 
-/// `Σ x`, in the same order as [`sum_by`] (whose closures over a slice the compiler does not
-/// always vectorise).
-#[inline(always)]
-fn sum_of(x: &[f32]) -> f32 {
-    let mut partial = [0.0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (sum, &v) in partial.iter_mut().zip(chunk) {
-            *sum += v;
-        }
-    }
-    let mut total = partial.iter().sum::<f32>();
-    for &v in rest {
-        total += v;
-    }
-    total
-}
-
-/// The largest element of a non-empty `x`.
-#[inline(always)]
-fn max_of(x: &[f32]) -> f32 {
-    let mut partial = [f32::NEG_INFINITY; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (max, &v) in partial.iter_mut().zip(chunk) {
-            *max = max.max(v);
-        }
-    }
-    partial
-        .iter()
-        .chain(rest)
-        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
-}
-
 /// LayerNorm's parameters: `y = gamma · (x - mean) / sqrt(var + epsilon) + beta` over each row.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LayerNormWeights<'a> {
@@ -474,23 +438,61 @@ pub(crate) fn attention(
 }
 
 vectorized! {
-    /// Each row of `scores` plus `bias`, through a softmax.
+    /// Each row of `scores` plus `bias`, through a softmax: three passes over a row (bias and
+    /// maximum, exponentials and their sum, the division).
     fn softmax_rows<M>(scores: &mut [f32], bias: &[f32]) {
         for row in scores.chunks_exact_mut(bias.len()) {
-            for (s, &b) in row.iter_mut().zip(bias) {
-                *s += b;
-            }
-            let max = max_of(row);
-            for s in row.iter_mut() {
-                *s = math::exp::<M>(*s - max);
-            }
+            let max = add_and_max(row, bias);
             // One division per row, then products (as PyTorch's CPU softmax does).
-            let inverse_total = 1.0 / sum_of(row);
+            let inverse_total = 1.0 / exp_and_sum::<M>(row, max);
             for s in row.iter_mut() {
                 *s *= inverse_total;
             }
         }
     }
+}
+
+/// `row += bias`, returning the largest element of the non-empty result. The maximum is taken
+/// over four vectors of partial maxima at once (no long chain of dependent instructions; a
+/// maximum is exact in any order).
+#[inline(always)]
+fn add_and_max(row: &mut [f32], bias: &[f32]) -> f32 {
+    const WIDTH: usize = 4 * LANES;
+    let mut partial = [f32::NEG_INFINITY; WIDTH];
+    let mut rows = row.chunks_exact_mut(WIDTH);
+    let mut biases = bias.chunks_exact(WIDTH);
+    for (chunk, bias) in (&mut rows).zip(&mut biases) {
+        for ((max, s), &b) in partial.iter_mut().zip(chunk).zip(bias) {
+            *s += b;
+            *max = max.max(*s);
+        }
+    }
+    let mut max = partial.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for (s, &b) in rows.into_remainder().iter_mut().zip(biases.remainder()) {
+        *s += b;
+        max = max.max(*s);
+    }
+    max
+}
+
+/// `row = exp(row - max)`, returning the sum of the result accumulated in [`LANES`] interleaved
+/// partial sums (the order of [`sum_by`]), in the same pass.
+#[inline(always)]
+fn exp_and_sum<M: math::MulAdd>(row: &mut [f32], max: f32) -> f32 {
+    let mut partial = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (sum, s) in partial.iter_mut().zip(chunk) {
+            *s = math::exp::<M>(*s - max);
+            *sum += *s;
+        }
+    }
+    let mut total = partial.iter().sum::<f32>();
+    for s in chunks.into_remainder() {
+        *s = math::exp::<M>(*s - max);
+        total += *s;
+    }
+    total
 }
 
 vectorized! {
