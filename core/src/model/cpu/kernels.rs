@@ -632,15 +632,45 @@ pub(crate) fn linear(
         }
         None => (vec![0.0; rows * outputs], Accumulate::No),
     };
+    linear_product(&mut output, x, weight, shape, accumulate);
+    output
+}
+
+/// `output (+)= x · weight` for [`linear`], on all threads, by the `gemm` crate.
+#[cfg(not(target_arch = "wasm32"))]
+fn linear_product(
+    output: &mut [f32],
+    x: &[f32],
+    weight: &[f32],
+    shape: LinearShape,
+    accumulate: Accumulate,
+) {
+    let LinearShape {
+        rows,
+        inputs,
+        outputs,
+    } = shape;
     product(
-        MatMut::of(&mut output, rows, outputs),
+        MatMut::of(output, rows, outputs),
         MatRef::row_major(x, rows, inputs),
         MatRef::row_major(weight, inputs, outputs),
         1.0,
         accumulate,
         ALL_THREADS,
     );
-    output
+}
+
+/// `output += x · weight` for [`linear`] on WebAssembly (`output` holds the bias or zeros), by the
+/// 128-bit kernel, faster there than the `gemm` crate's.
+#[cfg(target_arch = "wasm32")]
+fn linear_product(
+    output: &mut [f32],
+    x: &[f32],
+    weight: &[f32],
+    shape: LinearShape,
+    _accumulate: Accumulate,
+) {
+    super::simd128::product_add(output, x, weight, shape.rows, shape.inputs, shape.outputs);
 }
 
 /// `rows` copies of `row`, one after the other, written on all threads.

@@ -16,6 +16,8 @@
 mod flex;
 mod kernels;
 pub(crate) mod math;
+#[cfg(any(target_arch = "wasm32", test))]
+mod simd128;
 
 use std::any::{Any, TypeId};
 
