@@ -13,8 +13,10 @@ rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup targe
 # Built for build speed, not run speed: trunk's own release profile (fat LTO, one codegen unit)
 # takes minutes longer on 2 cores, and both tools spend their time waiting on cargo and wasm-opt.
 export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=1
+# Without trunk's default features (TLS for downloading tools, the update check): this project
+# installs its tools itself and runs trunk `--offline`; 40 s less to compile.
 if ! trunk --version 2>/dev/null | grep -qx "trunk $TRUNK_VERSION"; then
-  cargo install "trunk@$TRUNK_VERSION" --locked --target-dir "$TOOL_TARGET"
+  cargo install "trunk@$TRUNK_VERSION" --locked --no-default-features --target-dir "$TOOL_TARGET"
 fi
 if ! wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $BINDGEN_VERSION"; then
   cargo install "wasm-bindgen-cli@$BINDGEN_VERSION" --target-dir "$TOOL_TARGET"

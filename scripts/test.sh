@@ -14,6 +14,14 @@ scripts/install-deps.sh test
 rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+# The browser test's tools (trunk and wasm-bindgen-cli, compiled from crates.io on a new machine)
+# build in the background while the checks below compile: on 2 cores the long single-crate tails
+# of those builds leave a core idle. Their output is shown when the browser test needs them.
+# (In a session of its own, so that stopping early stops its compilers too.)
+web_tools_log=$(mktemp)
+setsid scripts/setup-web-tools.sh > "$web_tools_log" 2>&1 &
+web_tools=$!
+trap 'kill -- "-$web_tools" 2>/dev/null || kill "$web_tools" 2>/dev/null || true; rm -f "$web_tools_log"' EXIT
 scripts/fetch-test-model.sh
 scripts/setup-triton-client.sh
 
@@ -30,5 +38,11 @@ RUSTDOCFLAGS="-D warnings" cargo doc -p bert-core --no-deps
 # one invocation so that their dependencies are checked once.
 cargo clippy -p bert-core -p bert-web --target wasm32-unknown-unknown --no-default-features \
   --features bert-core/wgpu -- -D warnings
+if ! wait "$web_tools"; then
+  cat "$web_tools_log"
+  echo "installing the browser test's tools failed" >&2
+  exit 1
+fi
+cat "$web_tools_log"
 scripts/test-web.sh
 echo "all checks passed"
