@@ -14,6 +14,7 @@
 //! every multiply and add rounded apart (wasm has no fused form). On wasm32 the vectors are
 //! `v128`; elsewhere (the tests) plain arrays of four floats doing the same arithmetic.
 
+/// Rows of the result per micro-kernel call.
 const ROWS: usize = 3;
 /// Vectors of four columns per micro-kernel call.
 const VECTORS: usize = 3;
@@ -48,22 +49,14 @@ pub(crate) fn product_add(
             let at = row * outputs + first_column;
             if width == PANEL {
                 let block = &mut output[at..at + (height - 1) * outputs + PANEL];
-                match height {
-                    ROWS => micro_kernel::<ROWS>(block, outputs, x_rows, inputs, &panel),
-                    2 => micro_kernel::<2>(block, outputs, x_rows, inputs, &panel),
-                    _ => micro_kernel::<1>(block, outputs, x_rows, inputs, &panel),
-                }
+                add_block(height, block, outputs, x_rows, inputs, &panel);
             } else {
                 // The last, narrower panel: through a full-width block, then back.
                 for r in 0..height {
                     let out_row = &output[at + r * outputs..at + r * outputs + width];
                     edge[r * PANEL..r * PANEL + width].copy_from_slice(out_row);
                 }
-                match height {
-                    ROWS => micro_kernel::<ROWS>(&mut edge, PANEL, x_rows, inputs, &panel),
-                    2 => micro_kernel::<2>(&mut edge, PANEL, x_rows, inputs, &panel),
-                    _ => micro_kernel::<1>(&mut edge, PANEL, x_rows, inputs, &panel),
-                }
+                add_block(height, &mut edge, PANEL, x_rows, inputs, &panel);
                 for r in 0..height {
                     let out_row = &mut output[at + r * outputs..at + r * outputs + width];
                     out_row.copy_from_slice(&edge[r * PANEL..r * PANEL + width]);
@@ -71,6 +64,23 @@ pub(crate) fn product_add(
             }
             row += height;
         }
+    }
+}
+
+/// [`micro_kernel`] for `height` (1 to [`ROWS`]) rows of `x`, each `inputs` long.
+#[inline(always)]
+fn add_block(
+    height: usize,
+    block: &mut [f32],
+    stride: usize,
+    x: &[f32],
+    inputs: usize,
+    panel: &[f32],
+) {
+    match height {
+        ROWS => micro_kernel::<ROWS>(block, stride, x, inputs, panel),
+        2 => micro_kernel::<2>(block, stride, x, inputs, panel),
+        _ => micro_kernel::<1>(block, stride, x, inputs, panel),
     }
 }
 
@@ -101,7 +111,7 @@ fn micro_kernel<const R: usize>(
     for (k, weights) in panel[..inputs * PANEL].chunks_exact(PANEL).enumerate() {
         let w: [vector::F32x4; VECTORS] =
             std::array::from_fn(|v| vector::load(&weights[4 * v..4 * v + 4]));
-        for ((row_sums, x_row), _) in sums.iter_mut().zip(&x_rows).zip(0..R) {
+        for (row_sums, x_row) in sums.iter_mut().zip(&x_rows) {
             let xk = vector::splat(x_row[k]);
             for (sum, &w) in row_sums.iter_mut().zip(&w) {
                 *sum = vector::add(*sum, vector::mul(xk, w));
