@@ -198,8 +198,9 @@ fn one_plus_erf<M: MulAdd>(z: f32) -> f32 {
     for c in LARGE[..8].iter().rev() {
         q = M::mul_add(q, s, *c);
     }
-    // e^(-z^2) is 0 in float32 from |z| = 9.35 on; capping |z| at 10 keeps z^2 finite.
-    let t = a.min(10.0);
+    // e^(-z^2) is 0 in float32 from |z| = 9.35 on; capping |z| at 10 keeps z^2 finite. A select,
+    // not `f32::min`: its NaN rule has no wasm SIMD instruction, and a NaN gives 10 either way.
+    let t = if a < 10.0 { a } else { 10.0 };
     let t2 = t * t;
     let t2_low = square_error::<M>(t, t2);
     let erfc = exp::<M>(-t2) * (1.0 - t2_low) * q;
