@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` atomically: to a temporary file in the same folder, flushed to disk,
 /// then renamed over `path`. Readers see the old file or the new one, never a torn one, even if
-/// the process dies mid-write.
+/// the process dies mid-write. An error names `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut writer = AtomicWriter::create(path)?;
     writer.write_all(bytes)?;
@@ -36,6 +36,15 @@ pub fn commit_temporary(tmp: &Path, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// `error`, its message prefixed with the file it happened to: "cannot write PATH: ...", so that
+/// every caller's report names the file without adding it itself.
+fn naming(path: &Path, error: io::Error) -> io::Error {
+    io::Error::new(
+        error.kind(),
+        format!("cannot write {}: {error}", path.display()),
+    )
+}
+
 fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -44,7 +53,7 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 /// A buffered file that appears at its path only when [`commit`](Self::commit) succeeds; dropped
-/// uncommitted, it leaves nothing behind.
+/// uncommitted, it leaves nothing behind. Every error it returns names the final path.
 pub struct AtomicWriter {
     path: PathBuf,
     tmp: PathBuf,
@@ -54,9 +63,10 @@ pub struct AtomicWriter {
 impl AtomicWriter {
     /// Starts writing `path`.
     pub fn create(path: &Path) -> io::Result<Self> {
-        let tmp = temporary_path(path)?;
+        let tmp = temporary_path(path).map_err(|e| naming(path, e))?;
         // 64 KiB: large enough for throughput, small enough for hundreds of shard files at once.
-        let file = BufWriter::with_capacity(64 << 10, File::create(&tmp)?);
+        let file = File::create(&tmp).map_err(|e| naming(path, e))?;
+        let file = BufWriter::with_capacity(64 << 10, file);
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
@@ -76,17 +86,19 @@ impl AtomicWriter {
         if committed.is_err() {
             let _ = fs::remove_file(&self.tmp);
         }
-        committed
+        committed.map_err(|e| naming(&self.path, e))
     }
 }
 
 impl Write for AtomicWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.as_mut().expect("not committed").write(buf)
+        let file = self.file.as_mut().expect("not committed");
+        file.write(buf).map_err(|e| naming(&self.path, e))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.as_mut().expect("not committed").flush()
+        let file = self.file.as_mut().expect("not committed");
+        file.flush().map_err(|e| naming(&self.path, e))
     }
 }
 
@@ -138,6 +150,12 @@ mod tests {
     #[test]
     fn fails_cleanly_when_the_folder_is_missing() {
         let path = std::env::temp_dir().join("bert-core-no-such-dir/x/out.bin");
-        assert!(write_atomic(&path, b"x").is_err());
+        let error = write_atomic(&path, b"x").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!("cannot write {}: ", path.display())),
+            "{message}"
+        );
     }
 }

@@ -453,7 +453,9 @@ fn a_full_disk_stops_the_run_and_keeps_the_last_checkpoint() {
         "the run ignored the failed write"
     );
     assert!(
-        stderr.contains("cannot write checkpoint") && stderr.contains("ckpt_2.safetensors"),
+        stderr.contains("cannot save a training checkpoint")
+            && stderr.contains("cannot write")
+            && stderr.contains("ckpt_2.safetensors"),
         "{stderr}"
     );
     let mut left: Vec<String> = std::fs::read_dir(&out)

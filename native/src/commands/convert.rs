@@ -47,11 +47,9 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     )?;
 
     let weights = args.output.join("model.safetensors");
-    write_atomic(&weights, &converted.safetensors)
-        .with_context(|| format!("cannot write {}", weights.display()))?;
+    write_atomic(&weights, &converted.safetensors)?;
     let config = args.output.join("config.json");
-    write_atomic(&config, converted.config_json.as_bytes())
-        .with_context(|| format!("cannot write {}", config.display()))?;
+    write_atomic(&config, converted.config_json.as_bytes())?;
     for source in [&files.vocab, &files.tokenizer_json, &files.tokenizer_config]
         .into_iter()
         .flatten()
@@ -75,7 +73,7 @@ fn copy_into(source: &Path, dir: &Path) -> Result<()> {
     }
     let bytes =
         std::fs::read(source).with_context(|| format!("cannot read {}", source.display()))?;
-    write_atomic(&target, &bytes).with_context(|| format!("cannot write {}", target.display()))
+    Ok(write_atomic(&target, &bytes)?)
 }
 
 struct ConvertJob {

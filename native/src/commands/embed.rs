@@ -110,8 +110,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         Format::Safetensors => safetensors(&embedded.vectors, embedded.dimension)?,
         Format::JsonLines => json_lines(&embedded.vectors)?,
     };
-    bert_core::io::write_atomic(&args.output, &bytes)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    bert_core::io::write_atomic(&args.output, &bytes)?;
     eprintln!(
         "wrote {} embeddings of dimension {} to {}",
         embedded.vectors.len(),

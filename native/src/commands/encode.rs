@@ -98,8 +98,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     )?;
 
     let bytes = serialize(&outputs)?;
-    bert_core::io::write_atomic(&args.output, &bytes)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    bert_core::io::write_atomic(&args.output, &bytes)?;
     for (name, (shape, _)) in &outputs {
         eprintln!("{name}: {shape:?}");
     }

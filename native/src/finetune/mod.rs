@@ -162,8 +162,7 @@ impl ModelSource {
     ) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let weights = dir.join("model.safetensors");
-        bert_core::io::write_atomic(&weights, &bert_core::checkpoint::to_safetensors(model)?)
-            .with_context(|| format!("cannot write {}", weights.display()))?;
+        bert_core::io::write_atomic(&weights, &bert_core::checkpoint::to_safetensors(model)?)?;
         bert_core::io::write_atomic(
             &dir.join("config.json"),
             self.config

@@ -331,18 +331,11 @@ fn write_predictions(dir: &Path, answers: &BTreeMap<String, Vec<Answer>>) -> Res
     write_atomic(
         &dir.join("predictions.json"),
         serde_json::to_string_pretty(&best)?.as_bytes(),
-    )
-    .with_context(|| format!("cannot write {}", dir.join("predictions.json").display()))?;
+    )?;
     write_atomic(
         &dir.join("nbest_predictions.json"),
         serde_json::to_string_pretty(answers)?.as_bytes(),
-    )
-    .with_context(|| {
-        format!(
-            "cannot write {}",
-            dir.join("nbest_predictions.json").display()
-        )
-    })?;
+    )?;
     eprintln!(
         "wrote {} and nbest_predictions.json",
         dir.join("predictions.json").display()

@@ -56,14 +56,12 @@ pub struct FormatStats {
 /// Writes one document per line to `output`. Fails on empty, unreadable or truncated input.
 pub fn format(input: &Path, output: &Path) -> Result<FormatStats> {
     let kind = input_kind(input)?;
-    let mut writer = AtomicWriter::create(output)
-        .with_context(|| format!("cannot create {}", output.display()))?;
+    let mut writer = AtomicWriter::create(output)?;
     let mut stats = FormatStats::default();
     let mut emit = |text: &str, stats: &mut FormatStats| -> Result<()> {
         let line = collapse_whitespace(text);
         if !line.is_empty() {
-            writeln!(writer, "{line}")
-                .with_context(|| format!("cannot write {}", output.display()))?;
+            writeln!(writer, "{line}")?;
             stats.documents += 1;
             stats.output_bytes += line.len() as u64 + 1;
         }
@@ -127,9 +125,7 @@ pub fn format(input: &Path, output: &Path) -> Result<FormatStats> {
             input.display()
         );
     }
-    writer
-        .commit()
-        .with_context(|| format!("cannot write {}", output.display()))?;
+    writer.commit()?;
     Ok(stats)
 }
 

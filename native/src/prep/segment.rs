@@ -33,8 +33,7 @@ pub fn segment(input: &Path, output: &Path) -> Result<SegmentStats> {
         .len();
     let bar = bytes_bar("segment", size);
     let reader = BufReader::new(bar.wrap_read(File::open(input)?));
-    let mut writer = AtomicWriter::create(output)
-        .with_context(|| format!("cannot create {}", output.display()))?;
+    let mut writer = AtomicWriter::create(output)?;
     let mut stats = SegmentStats {
         input_bytes: size,
         ..SegmentStats::default()
@@ -56,7 +55,7 @@ pub fn segment(input: &Path, output: &Path) -> Result<SegmentStats> {
                 .iter()
                 .try_for_each(|sentence| writeln!(writer, "{sentence}"))
                 .and_then(|()| writeln!(writer));
-            written.with_context(|| format!("cannot write {}", output.display()))?;
+            written?;
             stats.documents += 1;
             stats.sentences += sentences.len() as u64;
         }
@@ -65,8 +64,6 @@ pub fn segment(input: &Path, output: &Path) -> Result<SegmentStats> {
     if stats.documents == 0 {
         bail!("{}: no sentences found", input.display());
     }
-    writer
-        .commit()
-        .with_context(|| format!("cannot write {}", output.display()))?;
+    writer.commit()?;
     Ok(stats)
 }

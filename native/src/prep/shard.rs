@@ -96,16 +96,14 @@ pub fn shard(input: &Path, dir: &Path, corpus: &str, config: &ShardConfig) -> Re
             .iter()
             .try_for_each(|line| writeln!(writer, "{line}"))
             .and_then(|()| writeln!(writer));
-        written.with_context(|| format!("cannot write {}", paths[shard].display()))?;
+        written?;
         bar.inc(sizes[index]);
         index += 1;
         Ok(())
     })?;
     bar.finish_and_clear();
-    for (writer, path) in writers.into_iter().zip(&paths) {
-        writer
-            .commit()
-            .with_context(|| format!("cannot write {}", path.display()))?;
+    for writer in writers {
+        writer.commit()?;
     }
     Ok(paths)
 }

@@ -39,8 +39,7 @@ fn checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// Writes a checkpoint and removes all but the newest `keep`.
 pub fn save(dir: &Path, step: u64, bytes: &[u8], keep: usize) -> Result<PathBuf> {
     let path = checkpoint_path(dir, step);
-    write_atomic(&path, bytes)
-        .with_context(|| format!("cannot write checkpoint {}", path.display()))?;
+    write_atomic(&path, bytes).context("cannot save a training checkpoint")?;
     for (_, old) in checkpoints(dir)?.into_iter().skip(keep.max(1)) {
         std::fs::remove_file(&old)
             .with_context(|| format!("cannot remove old checkpoint {}", old.display()))?;

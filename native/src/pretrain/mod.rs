@@ -499,14 +499,12 @@ impl Job for PretrainJob {
 
         let weights = output_dir.join("model.safetensors");
         if is_root {
-            write_atomic(&weights, &to_safetensors(&trainer.model)?)
-                .with_context(|| format!("cannot write {}", weights.display()))?;
+            write_atomic(&weights, &to_safetensors(&trainer.model)?)?;
             let config_path = output_dir.join("config.json");
             write_atomic(
                 &config_path,
                 config.to_hf_json("BertForPreTraining").as_bytes(),
-            )
-            .with_context(|| format!("cannot write {}", config_path.display()))?;
+            )?;
         }
         log.log(
             json!([]),
