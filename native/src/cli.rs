@@ -71,6 +71,10 @@ pub enum Command {
     /// Start a data-parallel job on this node: one process per GPU running `-- pretrain ...`,
     /// with RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT set (torch.distributed.run's job).
     Launch(distributed::launch::LaunchArgs),
+    /// Reads one HDF5 shard and writes its arrays to standard output: the child process that
+    /// reads shards for the others (see `shard_sandbox`).
+    #[command(name = "internal-read-shard", hide = true)]
+    InternalReadShard(crate::shard_sandbox::ReadShardArgs),
 }
 
 /// Whether `name` is one of this binary's subcommands (`launch` runs those with itself).
@@ -99,6 +103,7 @@ impl Command {
             Command::Quickstart(args) => quickstart::run(args),
             Command::Serve(args) => serve::run(args),
             Command::Launch(args) => distributed::launch::run(args),
+            Command::InternalReadShard(args) => crate::shard_sandbox::run(args),
         }
     }
 }

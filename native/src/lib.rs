@@ -19,3 +19,4 @@ pub mod quickstart;
 pub mod report;
 pub mod serve;
 pub mod shard_file;
+pub mod shard_sandbox;

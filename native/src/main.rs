@@ -34,7 +34,7 @@ fn main() {
     if !matches!(cli.command, Command::Serve(_)) {
         keep_freed_memory();
     }
-    if let Err(error) = cli.command.run() {
+    if let Err(error) = bert_native::shard_sandbox::enable().and_then(|()| cli.command.run()) {
         eprintln!("error: {}", error_message(&error));
         std::process::exit(1);
     }

@@ -60,13 +60,19 @@ fn matrix<T>(values: &[T], rows: usize, columns: usize) -> Result<ArrayView2<'_,
 }
 
 /// Reads a shard, checking every dataset's presence, dtype and shape (the reference's loader
-/// silently casts; a wrong dtype here means a wrong writer).
+/// silently casts; a wrong dtype here means a wrong writer). In a child process when
+/// [`crate::shard_sandbox`] is enabled (as `bert-native` does), here otherwise.
 pub fn read_shard(path: &Path) -> Result<ShardArrays> {
+    crate::shard_sandbox::read_if_enabled(path).unwrap_or_else(|| read_shard_here(path))
+}
+
+/// [`read_shard`] in this process.
+pub fn read_shard_here(path: &Path) -> Result<ShardArrays> {
     read(path).with_context(|| format!("{}: not a valid pretraining shard", path.display()))
 }
 
 /// The most deflate (gzip) can compress: about 1032 to 1.
-const MAX_DEFLATE_RATIO: u64 = 1032;
+pub(crate) const MAX_DEFLATE_RATIO: u64 = 1032;
 
 fn read(path: &Path) -> Result<ShardArrays> {
     let file = hdf5::File::open(path).context("cannot open as HDF5")?;
