@@ -13,6 +13,11 @@ measures the saturated throughput for 20 s, then sends requests at LOAD (default
 a fixed schedule: a request's latency counts from the moment it was due, so a stalled server is
 not hidden by clients that stopped sending.
 
+Every --burst-every seconds (300 by default) an overload burst of --burst-s seconds (20) adds
+--burst-clients (160) connections sending valid requests back to back to one model, well past
+what its bounded queue (64 here) holds: the queue must refuse the excess with 503 and nothing
+else, and the steady load must be served as before once the burst is over.
+
 Alongside the load, all the time:
 - slow-loris clients trickle headers, or a body, one byte a second: the server must close them
   within its request timeout (--request-timeout-s, 10 here) plus a margin;
@@ -24,7 +29,13 @@ It prints one JSON line per sample and a verdict at the end, and exits 1 when th
 - memory not flat after warm-up: RSS grows more than 5% (and more than 16 MiB) from the first
   tenth of the measured period to the last, by a least-squares line through the samples;
 - p99 latency not steady: the last third's median p99 more than twice the first third's;
-- a slow client held open past the request timeout plus 5 s.
+- a slow client held open past the request timeout plus 5 s;
+- an overload burst that never met a 503 (the queue's bound was not reached), or whose requests
+  were answered anything but 200 or 503, or lost their connection;
+- the steady load's p99 not back under twice its usual within 60 s of a burst's end.
+
+The p99 steadiness is judged on the samples away from the bursts (none overlapping a burst or
+the 30 s after it, while the steady requests that came due during it are answered).
 
 `--plot` needs matplotlib (`pip install matplotlib`).
 """
@@ -52,6 +63,11 @@ parser.add_argument("--sample", type=float, default=10.0, help="seconds between 
 parser.add_argument("--warmup", type=float, default=120.0, help="seconds left out of the trend")
 parser.add_argument("--load", type=float, default=0.75, help="fraction of saturated throughput")
 parser.add_argument("--workers", type=int, default=32, help="client connections for the load")
+parser.add_argument("--burst-every", type=float, default=300.0,
+                    help="seconds between overload bursts; 0: none")
+parser.add_argument("--burst-s", type=float, default=20.0, help="length of a burst, seconds")
+parser.add_argument("--burst-clients", type=int, default=160,
+                    help="connections sending back to back during a burst")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--log", required=True, help="JSON-lines output: samples, then the verdict")
 parser.add_argument("--plot", help="PNG of RSS and latency over time")
@@ -59,6 +75,12 @@ args = parser.parse_args()
 
 REQUEST_TIMEOUT_S = 10
 SLOW_CLIENT_MARGIN_S = 5
+QUEUE_SIZE = 64
+# Samples this long after a burst still carry its backlog (the steady load's requests that came
+# due during it): left out of the p99 trend.
+BURST_SETTLE_S = 30
+# The steady load's p99 must be back under twice its usual within this long after a burst.
+BURST_RECOVERY_S = 60
 random.seed(args.seed)
 
 
@@ -187,6 +209,9 @@ class Window:
 window = Window()
 stop = threading.Event()
 measuring = threading.Event()
+bursting = threading.Event()
+# One record per burst begun: its window and the statuses its requests got (under window.lock).
+burst_log = []
 
 
 def send(connection, request):
@@ -232,6 +257,36 @@ def load_worker(tasks, port):
                     window.violations.append(f"{request[0]}: {type(e).__name__}: {e}")
             continue
         judge(request, status, time.perf_counter() - due)
+
+
+def burst_client(port, seed):
+    """While a burst is on, sends valid requests to one model back to back, on a connection
+    opened for that burst: the server closes the last burst's, idle since, after the request
+    timeout (as any kept-alive connection left idle), and a stale connection is no fault."""
+    rng = random.Random(seed)
+    connection, burst = None, None
+    while not stop.is_set():
+        if not bursting.wait(timeout=0.5):
+            continue
+        if burst != len(burst_log):
+            if connection:
+                connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            burst = len(burst_log)
+        request = infer_json(rng)
+        try:
+            status = send(connection, request)
+        except (OSError, http.client.HTTPException) as e:
+            connection.close()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            with window.lock:
+                window.violations.append(f"burst: {type(e).__name__}: {e}")
+            continue
+        with window.lock:
+            counts = burst_log[-1]["statuses"]
+            counts[status] = counts.get(status, 0) + 1
+            if status not in (200, 503):
+                window.violations.append(f"burst (valid): {status}")
 
 
 def saturated_throughput(port, seconds=20.0, clients=8):
@@ -343,7 +398,7 @@ def start_server(port, repository):
             json.dump({"task": task}, settings)
     server = subprocess.Popen(
         [args.bin, "serve", "--model-repository", repository, "--http-port", str(port),
-         "--max-queue-size", "64", "--request-timeout-s", str(REQUEST_TIMEOUT_S)],
+         "--max-queue-size", str(QUEUE_SIZE), "--request-timeout-s", str(REQUEST_TIMEOUT_S)],
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(repository, "server.log"), "w"))
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -374,6 +429,7 @@ def slope(xs, ys):
 
 def verdict(samples, totals):
     measured = [s for s in samples if s["t_s"] >= args.warmup]
+    steady = [s for s in measured if not s["burst"]]
     times = [s["t_s"] for s in measured]
     rss = [s["rss_mib"] for s in measured]
     rate = slope(times, rss)  # MiB per second
@@ -382,9 +438,9 @@ def verdict(samples, totals):
     start_fit = statistics.mean(rss) + rate * (times[0] + tenth / 2 - statistics.mean(times))
     end_fit = start_fit + rate * (span - tenth)
     growth = end_fit - start_fit
-    thirds = len(measured) // 3
-    p99_first = statistics.median(s["p99_ms"] for s in measured[:thirds] if s["p99_ms"])
-    p99_last = statistics.median(s["p99_ms"] for s in measured[-thirds:] if s["p99_ms"])
+    thirds = len(steady) // 3
+    p99_first = statistics.median(s["p99_ms"] for s in steady[:thirds] if s["p99_ms"])
+    p99_last = statistics.median(s["p99_ms"] for s in steady[-thirds:] if s["p99_ms"])
     slow = [t for s in samples for t in s["slow_closed_s"]]
     failures = []
     if totals["violations"]:
@@ -394,6 +450,17 @@ def verdict(samples, totals):
         failures.append(f"RSS grew {growth:.1f} MiB after warm-up")
     if p99_last > 2 * p99_first:
         failures.append(f"p99 rose from {p99_first:.1f} to {p99_last:.1f} ms")
+    for number, burst in enumerate(totals["bursts"], 1):
+        if not burst["statuses"].get(503):
+            failures.append(f"burst {number} met no 503: the queue's bound was not reached")
+        end = burst["window_s"][1]
+        recovered = next((s["t_s"] - end for s in samples
+                          if s["t_s"] > end and s["p99_ms"] and s["p99_ms"] <= 2 * p99_first),
+                         None)
+        burst["p99_recovered_after_s"] = recovered
+        if recovered is None or recovered > BURST_RECOVERY_S:
+            failures.append(f"burst {number}: the steady load's p99 not back under twice its "
+                            f"usual {BURST_RECOVERY_S} s after")
     return {
         "verdict": "pass" if not failures else "fail",
         "failures": failures,
@@ -406,7 +473,8 @@ def verdict(samples, totals):
         "open_fds": {"min": min(s["open_fds"] for s in measured),
                      "max": max(s["open_fds"] for s in measured)},
         "p99_ms": {"first_third_median": p99_first, "last_third_median": p99_last},
-        "p50_ms_median": statistics.median(s["p50_ms"] for s in measured if s["p50_ms"]),
+        "p50_ms_median": statistics.median(s["p50_ms"] for s in steady if s["p50_ms"]),
+        "bursts": totals["bursts"],
         "slow_clients_closed": len(slow),
         "slow_client_close_s": {"min": min(slow), "max": max(slow)} if slow else None,
     }
@@ -426,7 +494,11 @@ def plot(samples, path):
     latency.plot(minutes, [s["p50_ms"] for s in samples], label="p50", color="tab:green")
     latency.plot(minutes, [s["p99_ms"] for s in samples], label="p99", color="tab:red")
     latency.set_ylabel("latency of valid requests (ms)")
-    latency.set_xlabel("minutes")
+    for burst in burst_log:
+        for axis in (memory, latency):
+            start, end = burst["window_s"]
+            axis.axvspan(start / 60, end / 60, color="tab:orange", alpha=0.25, lw=0)
+    latency.set_xlabel("minutes (orange: overload bursts)")
     latency.set_ylim(bottom=0)
     latency.legend(loc="upper right")
     figure.suptitle(f"bert-native serve soak: {samples[-1]['offered_rps']:.1f} requests/s "
@@ -451,6 +523,10 @@ def main():
                     for i, body in enumerate((False, False, True, True))]
         threads.append(threading.Thread(target=abandoner, args=(port, args.seed + 9),
                                         daemon=True))
+        if args.burst_every > 0:
+            threads += [threading.Thread(target=burst_client, args=(port, args.seed + 2000 + i),
+                                         daemon=True)
+                        for i in range(args.burst_clients)]
         for thread in threads:
             thread.start()
         measuring.set()
@@ -461,7 +537,15 @@ def main():
         due = started
         samples = []
         totals = {"statuses": {}, "violations": [], "offered_rps": offered,
-                  "saturated_rps": saturated}
+                  "saturated_rps": saturated, "bursts": burst_log}
+        # Burst k runs over [k * every, k * every + length) seconds, while it ends before `end`.
+        bursts = []
+        if args.burst_every > 0:
+            k = 1
+            while k * args.burst_every + args.burst_s < 60 * args.minutes:
+                bursts.append((k * args.burst_every, k * args.burst_every + args.burst_s))
+                k += 1
+        last_sample_s = 0.0
         with open(args.log, "w") as log:
             while due < end:
                 due += rng.expovariate(offered)
@@ -469,10 +553,23 @@ def main():
                 if due > now:
                     time.sleep(due - now)
                 tasks.put((due, any_request(rng)))
+                elapsed = time.perf_counter() - started
+                on = next((b for b in bursts if b[0] <= elapsed < b[1]), None)
+                if on and not bursting.is_set():
+                    with window.lock:
+                        burst_log.append({"window_s": list(on), "statuses": {}})
+                    bursting.set()
+                elif not on and bursting.is_set():
+                    bursting.clear()
                 if time.perf_counter() >= next_sample:
                     next_sample += args.sample
                     latencies, statuses, violations, slow_closed = window.take()
-                    sample = {"t_s": round(time.perf_counter() - started, 1),
+                    now_s = time.perf_counter() - started
+                    touching = [b for b in bursts
+                                if b[0] < now_s and last_sample_s < b[1] + BURST_SETTLE_S]
+                    last_sample_s = now_s
+                    sample = {"t_s": round(now_s, 1),
+                              "burst": bool(touching),
                               **process_footprint(server.pid),
                               "p50_ms": percentile(latencies, 50),
                               "p99_ms": percentile(latencies, 99),
