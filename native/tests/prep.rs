@@ -401,26 +401,41 @@ fn bad_input_never_yields_a_silently_empty_corpus() {
 }
 
 #[test]
-fn a_shard_that_crashes_libhdf5_is_reported_and_the_others_still_read() {
-    // Found by fuzzing: this 20 KB file makes libhdf5 1.10 segfault inside `H5Dread`. Shards are
-    // read in a child process, so only that child dies.
-    let crashing = fixture("hdf5/bad/crashes_libhdf5_1_10.hdf5");
+fn shards_that_crash_libhdf5_are_reported_and_the_others_still_read() {
+    // Found by fuzzing: these files make libhdf5 1.10 segfault, inside `H5Dread` and inside
+    // `H5Literate`. Shards are read in a child process, so only that child dies.
+    let crashing = [
+        fixture("hdf5/bad/crashes_libhdf5_1_10_reading_a_dataset.hdf5"),
+        fixture("hdf5/bad/crashes_libhdf5_1_10_listing_the_groups.hdf5"),
+    ];
     let good = fixture("hdf5/tiny_seq128_training_0.hdf5");
-    let output = bert_native(&["prep", "validate", arg(&crashing), arg(&good)], 1);
+    let output = bert_native(
+        &[
+            "prep",
+            "validate",
+            arg(&crashing[0]),
+            arg(&crashing[1]),
+            arg(&good),
+        ],
+        1,
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("1 of 2 shards are invalid"), "{stderr}");
+    assert!(stderr.contains("2 of 3 shards are invalid"), "{stderr}");
     let reports: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    assert_eq!(reports.len(), 2, "{reports:?}");
-    assert_eq!(reports[0]["valid"], false);
-    let error = reports[0]["error"].as_str().unwrap();
-    assert!(
-        error.contains("crashes_libhdf5_1_10.hdf5") && error.contains("libhdf5 crashed"),
-        "{error}"
-    );
-    assert_eq!(reports[1]["valid"], true);
-    assert_eq!(reports[1]["num_instances"], 16, "{reports:?}");
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    for (report, file) in reports.iter().zip(&crashing) {
+        assert_eq!(report["valid"], false);
+        let error = report["error"].as_str().unwrap();
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(
+            error.contains(name) && error.contains("libhdf5 crashed"),
+            "{error}"
+        );
+    }
+    assert_eq!(reports[2]["valid"], true);
+    assert_eq!(reports[2]["num_instances"], 16, "{reports:?}");
 }
