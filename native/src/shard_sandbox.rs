@@ -198,24 +198,26 @@ mod tests {
     use super::*;
     use bert_tests::fixture;
 
-    #[test]
-    fn a_shard_survives_the_pipe_exactly() {
+    /// The golden seq-128 shard, and what the child would send for it.
+    fn golden_shard_on_the_wire() -> (ShardArrays, Vec<u8>) {
         let arrays =
             crate::shard_file::read_shard_here(&fixture("hdf5/tiny_seq128_training_0.hdf5"))
                 .unwrap();
         let mut wire = Vec::new();
         encode(&arrays, &mut wire).unwrap();
+        (arrays, wire)
+    }
+
+    #[test]
+    fn a_shard_survives_the_pipe_exactly() {
+        let (arrays, wire) = golden_shard_on_the_wire();
         let back = decode(&mut wire.as_slice(), wire.len() as u64).unwrap();
         assert_eq!(back, arrays);
     }
 
     #[test]
     fn a_truncated_or_oversized_answer_is_refused() {
-        let arrays =
-            crate::shard_file::read_shard_here(&fixture("hdf5/tiny_seq128_training_0.hdf5"))
-                .unwrap();
-        let mut wire = Vec::new();
-        encode(&arrays, &mut wire).unwrap();
+        let (_, wire) = golden_shard_on_the_wire();
         let cut = &wire[..wire.len() - 10];
         assert!(decode(&mut &cut[..], wire.len() as u64).is_err());
         assert!(decode(&mut wire.as_slice(), 1000).is_err());
