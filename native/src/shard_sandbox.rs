@@ -85,6 +85,9 @@ fn read_in_child(executable: &Path, path: &Path) -> Result<ShardArrays> {
     }
     if !status.success() {
         let message = errors.trim();
+        if message.is_empty() {
+            bail!("{}: the shard reader failed ({status})", path.display());
+        }
         bail!(
             "{}",
             message.strip_prefix("error: ").unwrap_or(message).trim()
