@@ -12,7 +12,7 @@ use burn::backend::flex::{Flex, FlexTensor, Layout};
 use burn::tensor::{Bytes, DType, Shape, TensorMetadata};
 
 use super::kernels::{
-    self, AttentionInputs, AttentionShape, LayerNormSaved, LayerNormWeights, LinearShape,
+    self, AttentionInputs, AttentionShape, LayerNormSaved, LayerNormWeights, LinearShape, Weight,
 };
 use super::TrackedTensor;
 
@@ -333,12 +333,22 @@ fn linear_output_shape(x: &Values, outputs: usize) -> Shape {
 }
 
 /// `x · weight + bias` of `[x, weight, bias?]`.
+/// In inference: on x86-64 with AVX-512, from the weight packed once (`weight_cache`).
 pub(super) fn linear(tensors: &[FlexTensor]) -> FlexTensor {
     let values: Vec<Values> = tensors.iter().map(Values::of).collect();
     let shape = linear_shape(&values);
+    #[cfg(target_arch = "x86_64")]
+    let packed = super::weight_cache::packed(&tensors[1], values[1].get(), shape);
+    #[cfg(target_arch = "x86_64")]
+    let weight = match &packed {
+        Some(packed) => Weight::Packed(packed),
+        None => Weight::RowMajor(values[1].get()),
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let weight = Weight::RowMajor(values[1].get());
     let output = kernels::linear(
         values[0].get(),
-        values[1].get(),
+        weight,
         values.get(2).map(Values::get),
         shape,
     );
@@ -393,7 +403,7 @@ pub(super) fn linear_tracked(tensors: Vec<TrackedTensor>) -> TrackedTensor {
     let forward = |for_backward: bool| {
         let output = kernels::linear(
             values[0].get(),
-            values[1].get(),
+            Weight::RowMajor(values[1].get()),
             values.get(2).map(Values::get),
             shape,
         );

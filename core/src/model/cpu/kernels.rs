@@ -627,7 +627,7 @@ const ALL_THREADS: gemm::Parallelism = gemm::Parallelism::Rayon(0);
 /// one product over all threads.
 pub(crate) fn linear(
     x: &[f32],
-    weight: &[f32],
+    weight: Weight,
     bias: Option<&[f32]>,
     shape: LinearShape,
 ) -> Vec<f32> {
@@ -636,7 +636,7 @@ pub(crate) fn linear(
         inputs,
         outputs,
     } = shape;
-    assert!(x.len() == rows * inputs && weight.len() == inputs * outputs);
+    assert!(x.len() == rows * inputs && weight.fits(inputs, outputs));
     let (mut output, accumulate) = match bias {
         Some(bias) => {
             assert_eq!(bias.len(), outputs);
@@ -648,12 +648,34 @@ pub(crate) fn linear(
     output
 }
 
-/// `output (+)= x · weight` for [`linear`], on all threads, by the `gemm` crate.
+/// A fully connected layer's weight `[inputs, outputs]`, as [`linear`] takes it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Weight<'a> {
+    /// Its values, row-major (burn's `Linear` layout).
+    RowMajor(&'a [f32]),
+    /// Packed once for the AVX-512 product (`weight_cache`), which gives the `gemm` crate's bits.
+    #[cfg(target_arch = "x86_64")]
+    Packed(&'a super::avx512::PackedWeight),
+}
+
+impl Weight<'_> {
+    /// Whether it is `[inputs, outputs]`.
+    fn fits(&self, inputs: usize, outputs: usize) -> bool {
+        match self {
+            Self::RowMajor(values) => values.len() == inputs * outputs,
+            #[cfg(target_arch = "x86_64")]
+            Self::Packed(packed) => packed.inputs() == inputs && packed.outputs() == outputs,
+        }
+    }
+}
+
+/// `output (+)= x · weight` for [`linear`], on all threads: by the `gemm` crate, or from the
+/// packed weight with the same arithmetic.
 #[cfg(not(target_arch = "wasm32"))]
 fn linear_product(
     output: &mut [f32],
     x: &[f32],
-    weight: &[f32],
+    weight: Weight,
     shape: LinearShape,
     accumulate: Accumulate,
 ) {
@@ -662,6 +684,14 @@ fn linear_product(
         inputs,
         outputs,
     } = shape;
+    let weight = match weight {
+        Weight::RowMajor(values) => values,
+        #[cfg(target_arch = "x86_64")]
+        Weight::Packed(packed) => {
+            let accumulate = accumulate == Accumulate::Yes;
+            return super::avx512::product(output, x, packed, rows, accumulate);
+        }
+    };
     product(
         MatMut::of(output, rows, outputs),
         MatRef::row_major(x, rows, inputs),
@@ -678,10 +708,11 @@ fn linear_product(
 fn linear_product(
     output: &mut [f32],
     x: &[f32],
-    weight: &[f32],
+    weight: Weight,
     shape: LinearShape,
     _accumulate: Accumulate,
 ) {
+    let Weight::RowMajor(weight) = weight;
     super::simd128::product_add(output, x, weight, shape.rows, shape.inputs, shape.outputs);
 }
 

@@ -13,11 +13,15 @@
 //! of burn's float primitive) and the plain composition of burn operations otherwise; tests hold
 //! the two to the same results.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod flex;
 mod kernels;
 pub(crate) mod math;
 #[cfg(any(target_arch = "wasm32", test))]
 mod simd128;
+#[cfg(target_arch = "x86_64")]
+mod weight_cache;
 
 use std::any::{Any, TypeId};
 
