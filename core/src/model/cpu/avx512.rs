@@ -6,8 +6,9 @@
 //! weight's buffer lives) and each call only runs the micro-kernel over it.
 //!
 //! The arithmetic is the `gemm` crate's, bit for bit, so that a packed product gives what the
-//! crate gives (tests hold the two to equal bits): the inner dimension is cut into blocks of at
-//! most 512, of equal length (the crate's `kc` on AVX-512, whatever the caches); within a
+//! crate gives (tests hold the two to equal bits): the inner dimension is cut into the crate's
+//! blocks (`kc`, from `gemm_common::cache::kernel_params`: at most 512 inputs, of equal length,
+//! on every AVX-512 CPU's L1 cache); within a
 //! block each result is one chain of fused multiply-adds in increasing order of the input,
 //! started at zero; each block's sum is then added to the destination, block after block (or
 //! the first block's sum written, when the destination is not read). Tiles are 64 outputs (four
@@ -28,8 +29,6 @@ const VECTORS: usize = 4;
 const PANEL: usize = LANES * VECTORS;
 /// Rows of `x` per tile.
 const TILE_ROWS: usize = 6;
-/// The longest block of the inner dimension.
-const MAX_DEPTH: usize = 512;
 /// Packed weight one task reads over and over: half of a 2 MiB L2 cache.
 const TASK_WEIGHT_BYTES: usize = 1 << 20;
 /// Tasks per thread. One: each task brings its panels into its core's L2 cache once, so more
@@ -53,10 +52,10 @@ pub(crate) fn takes(rows: usize, inputs: usize, outputs: usize) -> bool {
 }
 
 /// Whether a product of `rows x inputs x outputs` takes the same path through the `gemm` crate as
-/// the one reproduced here; the crate computes the others (a single row, tiny products) with
-/// other kernels, so they stay with it.
+/// the one reproduced here; the crate computes the others (a single row or output, an inner
+/// dimension of one or two, tiny products) with other kernels or blocks, so they stay with it.
 fn matches_gemm(rows: usize, inputs: usize, outputs: usize) -> bool {
-    rows >= 2 && inputs > 2 && rows * outputs > 256 && (rows > 64 || outputs > 64)
+    rows >= 2 && outputs >= 2 && inputs > 2 && rows * outputs > 256 && (rows > 64 || outputs > 64)
 }
 
 /// 16 float32 values, aligned as a vector.
@@ -143,14 +142,13 @@ impl PackedWeight {
     }
 }
 
-/// The `gemm` crate's block of the inner dimension on AVX-512: all of it up to 512, else the
-/// fewest blocks of at most 512, of equal length (the last shorter by what does not divide).
+/// The `gemm` crate's block of the inner dimension for its AVX-512 kernels (64 x 6 float32):
+/// it depends on `inputs` and the L1 cache only (read from gemm-common's source), so the other
+/// sizes given are any that take its general path.
 fn block_depth(inputs: usize) -> usize {
-    if inputs <= MAX_DEPTH {
-        inputs.max(1)
-    } else {
-        inputs.div_ceil(inputs.div_ceil(MAX_DEPTH))
-    }
+    let sizes = (PANEL + 1, TILE_ROWS + 1);
+    let params = gemm_common::cache::kernel_params(sizes.0, sizes.1, inputs, PANEL, TILE_ROWS, 4);
+    params.kc.max(1)
 }
 
 /// `output (+)= x · weight`: `x` `[rows, inputs]` and `output` `[rows, outputs]`, row-major; the
@@ -337,6 +335,10 @@ impl Tile {
         for (row, row_sums) in sums.iter().enumerate() {
             for (vector, &sum) in row_sums.iter().enumerate() {
                 let mask = self.masks[vector];
+                if mask == 0 {
+                    // Past the last output: not even an address to form.
+                    continue;
+                }
                 // SAFETY: the masked lanes of this row and vector are outputs of the tile.
                 unsafe {
                     let at = self.output.add(row * self.output_stride + vector * LANES);
@@ -401,6 +403,7 @@ mod tests {
             [130, 768, 70],
             [7, 1100, 200],
             [200, 3, 2],
+            [257, 3, 2],
             [2, 513, 300],
             [300, 1030, 64],
             [13, 37, 129],
@@ -427,14 +430,19 @@ mod tests {
     }
 
     #[test]
-    fn blocks_of_the_inner_dimension_are_the_gemm_crates() {
-        assert_eq!(block_depth(384), 384);
-        assert_eq!(block_depth(512), 512);
-        assert_eq!(block_depth(768), 384);
-        assert_eq!(block_depth(1536), 512);
-        assert_eq!(block_depth(1100), 367);
-        let packed = PackedWeight::new(&vec![1.0; 1100 * 3], 1100, 3);
-        assert_eq!(packed.blocks(), 3);
-        assert_eq!(packed.block(2), (734, 366));
+    fn blocks_of_the_inner_dimension_cover_it_in_order() {
+        for inputs in [3, 384, 512, 768, 1100, 1536, 4096] {
+            let packed = PackedWeight::new(&vec![1.0; inputs * 3], inputs, 3);
+            let mut next = 0;
+            for block in 0..packed.blocks() {
+                let (first, len) = packed.block(block);
+                assert!(
+                    first == next && len > 0 && len <= packed.depth,
+                    "{inputs}: {block}"
+                );
+                next += len;
+            }
+            assert_eq!(next, inputs);
+        }
     }
 }

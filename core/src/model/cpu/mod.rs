@@ -162,9 +162,13 @@ impl FlatValues {
         self.0.storage::<f32>()
     }
 
-    /// The values to write over: this tensor's own buffer, copied first if it is shared.
+    /// The values to write over: this tensor's own buffer, copied first if it is shared (or
+    /// moved, if inference packed it: the packed copy is then dropped).
     pub(crate) fn get_mut(&mut self) -> &mut [f32] {
-        self.0.storage_mut::<f32>()
+        let values = self.0.storage_mut::<f32>();
+        #[cfg(target_arch = "x86_64")]
+        weight_cache::forget_replaced();
+        values
     }
 
     /// The values as a tensor of backend `B`, the one [`Self::of`] took them from.
@@ -458,6 +462,24 @@ pub(crate) mod tests {
             gradients.push(gradient(&bias, &grads));
         }
         (output, gradients)
+    }
+
+    /// In inference a weight is packed at its second use (on x86-64 with AVX-512): the layer's
+    /// results keep their bits.
+    #[test]
+    fn a_layer_gives_the_same_bits_once_its_weight_is_packed() {
+        let [rows, inputs, outputs] = [130, 384, 96];
+        let x = tensor::<Flex, 2>(&random(rows * inputs, 1, 1.5), [rows, inputs]);
+        let weight = tensor::<Flex, 2>(&random(inputs * outputs, 2, 0.5), [inputs, outputs]);
+        let bias = tensor::<Flex, 1>(&random(outputs, 3, 1.0), [outputs]);
+        let runs: Vec<Vec<u32>> = (0..3)
+            .map(|_| {
+                let output = super::linear(&x, &weight, Some(&bias)).expect("on Flex");
+                let values = output.into_data().to_vec::<f32>().expect("float32");
+                values.iter().map(|v| v.to_bits()).collect()
+            })
+            .collect();
+        assert!(runs[1] == runs[0] && runs[2] == runs[0]);
     }
 
     #[test]
