@@ -8,11 +8,11 @@
 //! The arithmetic is the `gemm` crate's, bit for bit, so that a packed product gives what the
 //! crate gives (tests hold the two to equal bits): the inner dimension is cut into the crate's
 //! blocks (`kc`, from `gemm_common::cache::kernel_params`: at most 512 inputs, of equal length,
-//! on every AVX-512 CPU's L1 cache); within a
-//! block each result is one chain of fused multiply-adds in increasing order of the input,
-//! started at zero; each block's sum is then added to the destination, block after block (or
-//! the first block's sum written, when the destination is not read). Tiles are 64 outputs (four
-//! vectors) by 6 rows, as the crate's, so 24 accumulators stay in registers.
+//! with the L1 caches of AVX-512 CPUs); within a block each result is one chain of fused
+//! multiply-adds in increasing order of the input, started at zero; each block's sum is then
+//! added to the destination, block after block (or the first block's sum written, when the
+//! destination is not read). Tiles are 64 outputs (four vectors) by 6 rows, as the crate's, so
+//! 24 accumulators stay in registers; the panel is prefetched ahead of the loads.
 
 use std::arch::x86_64::{
     __m512, __mmask16, _mm512_add_ps, _mm512_fmadd_ps, _mm512_load_ps, _mm512_mask_storeu_ps,
