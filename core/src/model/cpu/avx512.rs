@@ -21,6 +21,8 @@ use std::arch::x86_64::{
 
 use rayon::prelude::*;
 
+use super::kernels::SharedOutput;
+
 /// Float32 lanes of a vector.
 const LANES: usize = 16;
 /// Vectors of outputs per tile.
@@ -195,7 +197,7 @@ pub(crate) fn product(
             })
         })
         .collect();
-    let destination = Destination(output.as_mut_ptr());
+    let destination = SharedOutput::new(output);
     tasks.into_par_iter().for_each(|task| {
         // SAFETY: AVX-512 F is there (asserted above); the task reads `x` and the weight inside
         // their sizes (checked above) and writes only its own rows and panels of `output`, which
@@ -211,15 +213,6 @@ struct Task {
     panels: std::ops::Range<usize>,
 }
 
-/// The output of [`product`], which tasks write disjoint parts of.
-#[derive(Debug, Clone, Copy)]
-struct Destination(*mut f32);
-
-// SAFETY: each task writes only its own rows and panels (see `product`).
-unsafe impl Send for Destination {}
-// SAFETY: as above.
-unsafe impl Sync for Destination {}
-
 /// One task of [`product`]: block after block of the inner dimension, each over the task's tiles
 /// (a tile of rows held in L1 while the panels stream past it from L2).
 ///
@@ -229,7 +222,7 @@ unsafe impl Sync for Destination {}
 #[target_feature(enable = "avx512f")]
 unsafe fn run_task(
     task: &Task,
-    output: Destination,
+    output: SharedOutput,
     x: &[f32],
     weight: &PackedWeight,
     accumulate: bool,
@@ -250,7 +243,7 @@ unsafe fn run_task(
                     x: x_tile,
                     x_stride: inputs,
                     // SAFETY: the tile's first output lies inside `output` (row and panel in range).
-                    output: unsafe { output.0.add(first_row * outputs + first_output) },
+                    output: unsafe { output.ptr.add(first_row * outputs + first_output) },
                     output_stride: outputs,
                     masks,
                     add,
@@ -357,36 +350,8 @@ impl Tile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cpu::kernels::{self, LinearShape, Weight};
     use crate::model::cpu::tests::random;
-
-    /// `output (+)= x · weight` by the `gemm` crate, as `kernels::linear` calls it.
-    fn by_gemm(output: &mut [f32], x: &[f32], weight: &[f32], shape: [usize; 3], add: bool) {
-        let [rows, inputs, outputs] = shape;
-        // SAFETY: row-major buffers of exactly these sizes.
-        unsafe {
-            gemm::gemm(
-                rows,
-                outputs,
-                inputs,
-                output.as_mut_ptr(),
-                1,
-                outputs as isize,
-                add,
-                x.as_ptr(),
-                1,
-                inputs as isize,
-                weight.as_ptr(),
-                1,
-                outputs as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            );
-        }
-    }
 
     #[test]
     fn the_packed_product_gives_the_gemm_crates_bits() {
@@ -414,16 +379,22 @@ mod tests {
             let x = random(rows * inputs, seed, 1.0);
             let weight = random(inputs * outputs, seed + 1, 1.0);
             let packed = PackedWeight::new(&weight, inputs, outputs);
-            for add in [false, true] {
-                let start = random(rows * outputs, seed + 2 + u64::from(add), 1.0);
-                let (mut ours, mut theirs) = (start.clone(), start);
-                product(&mut ours, &x, &packed, rows, add);
-                by_gemm(&mut theirs, &x, &weight, shape, add);
+            let bias = random(outputs, seed + 2, 1.0);
+            let linear = LinearShape {
+                rows,
+                inputs,
+                outputs,
+            };
+            // Without a bias the product is written over the output, with one added to it.
+            for bias in [None, Some(&bias[..])] {
+                let ours = kernels::linear(&x, Weight::Packed(&packed), bias, linear);
+                let theirs = kernels::linear(&x, Weight::RowMajor(&weight), bias, linear);
                 let differ = ours
                     .iter()
                     .zip(&theirs)
                     .filter(|(a, b)| a.to_bits() != b.to_bits())
                     .count();
+                let add = bias.is_some();
                 assert_eq!(differ, 0, "{shape:?}, add {add}: {differ} outputs differ");
             }
         }

@@ -846,19 +846,20 @@ impl<'a> MatRef<'a> {
 
 /// An output buffer that parallel tasks write disjoint parts of.
 #[derive(Debug, Clone, Copy)]
-struct SharedOutput {
-    ptr: *mut f32,
+pub(super) struct SharedOutput {
+    pub(super) ptr: *mut f32,
     len: usize,
 }
 
 // SAFETY: tasks only write through it to parts no other task reads or writes (each attention
-// task to its own sequence's rows and head's columns), while the buffer's owner waits for them.
+// task to its own sequence's rows and head's columns, each AVX-512 product task to its own rows
+// and panels), while the buffer's owner waits for them.
 unsafe impl Send for SharedOutput {}
 // SAFETY: as above.
 unsafe impl Sync for SharedOutput {}
 
 impl SharedOutput {
-    fn new(buffer: &mut [f32]) -> Self {
+    pub(super) fn new(buffer: &mut [f32]) -> Self {
         Self {
             ptr: buffer.as_mut_ptr(),
             len: buffer.len(),

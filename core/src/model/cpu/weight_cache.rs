@@ -35,6 +35,13 @@ struct Entry {
     packed: Option<Arc<PackedWeight>>,
 }
 
+impl Entry {
+    /// Whether its buffer still exists (else its packed copy is of nothing any more).
+    fn alive(&self) -> bool {
+        self.buffer.strong_count() > 0
+    }
+}
+
 /// Where a weight lies: its buffer's address, its first element and its shape `[inputs, outputs]`.
 type Key = (usize, usize, [usize; 2]);
 
@@ -66,7 +73,7 @@ pub(super) fn packed(
     let key = (Arc::as_ptr(&buffer) as usize, start, [inputs, outputs]);
     {
         let mut entries = entries();
-        entries.retain(|_, entry| entry.buffer.strong_count() > 0);
+        entries.retain(|_, entry| entry.alive());
         // An entry under this address is this buffer's: the `Weak` kept its allocation.
         match entries.get(&key) {
             Some(Entry {
@@ -101,7 +108,7 @@ pub(super) fn packed(
 
 /// Drops the packed weights whose buffer is gone (replaced by an optimizer step, or dropped).
 pub(super) fn forget_replaced() {
-    entries().retain(|_, entry| entry.buffer.strong_count() > 0);
+    entries().retain(|_, entry| entry.alive());
 }
 
 /// The cache, locked (a panic while it was held left nothing half-written: entries are inserted
