@@ -540,6 +540,34 @@ fn serves_like_encode_and_qa_batches_requests_and_speaks_to_the_triton_client() 
         expected[0][0].iter().any(|c| c.label == "LABEL_1"),
         "no id2label: HF's names"
     );
+
+    // One client asking in turn: its requests wait for company (the 300 ms delay) until three
+    // model runs in a row found none; then each runs at once.
+    let mut waits = Vec::new();
+    for _ in 0..4 {
+        let before = queued_us(port, "minilm");
+        let reply = post_json(
+            port,
+            "/v2/models/minilm/infer",
+            &infer_body(&[SHORT.to_vec()]),
+        );
+        assert_eq!(reply.status, 200);
+        waits.push(queued_us(port, "minilm") - before);
+    }
+    assert!(
+        waits[..3].iter().all(|&us| us >= 300_000) && waits[3] < 150_000,
+        "queued microseconds of four requests in turn: {waits:?}"
+    );
+}
+
+/// The time `model`'s requests have spent queued, in microseconds, from `/metrics`.
+fn queued_us(port: u16, model: &str) -> u64 {
+    let metrics = String::from_utf8(http(port, "GET", "/metrics", &[], b"").body).unwrap();
+    let name = format!("nv_inference_queue_duration_us{{model=\"{model}\"}} ");
+    let line = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&name[..]));
+    line.expect("the queue duration metric").parse().unwrap()
 }
 
 #[test]

@@ -1,8 +1,14 @@
 //! Dynamic batching: requests for one model wait in a bounded queue; its worker thread gathers
 //! them up to `max_batch_size` rows or `max_queue_delay`, pads them to the longest sequence, runs
 //! the model once and hands each request its own rows back (texts to embed or classify are
-//! gathered the same way, up to `max_batch_size` texts). Requests whose client went away are dropped before they
-//! take a place in a batch.
+//! gathered the same way, up to `max_batch_size` texts). Requests whose client went away are
+//! dropped before they take a place in a batch.
+//!
+//! The worker waits for company only while requests come together: after
+//! [`LONE_GATHERINGS_TO_STOP_WAITING`] gatherings in a row found no other request (one client
+//! asking in turn, say), each model run starts at once with what is queued by then, instead of
+//! adding the delay to every request. A request that arrives while the model runs is found queued
+//! at the next gathering, which turns the wait back on.
 
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -119,9 +125,14 @@ impl TextOutput {
 pub struct BatchingConfig {
     /// Most rows in one model run.
     pub max_batch_size: usize,
-    /// Longest a request waits for others to join its batch.
+    /// Longest a request waits for others to join its batch (only while requests come together:
+    /// see the module's comment).
     pub max_queue_delay: Duration,
 }
+
+/// Gatherings in a row that found a single request, after which a worker stops waiting for
+/// company (until a gathering finds some).
+pub const LONE_GATHERINGS_TO_STOP_WAITING: u32 = 3;
 
 /// Largest batch sizes counted apart in the metrics (larger ones land in the last bucket).
 pub const BATCH_SIZE_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
@@ -184,6 +195,8 @@ pub fn work<B: Backend>(
     metrics: &Metrics,
 ) {
     let mut pending: Option<Work> = None;
+    // Gatherings in a row that found a single request.
+    let mut lone_gatherings = 0;
     loop {
         let first = match pending.take() {
             Some(work) => work,
@@ -211,7 +224,12 @@ pub fn work<B: Backend>(
                 finish(metrics, reply, result);
             }
             Work::Infer { .. } | Work::Texts { .. } => {
-                let deadline = first.queued() + config.max_queue_delay;
+                let deadline = if lone_gatherings < LONE_GATHERINGS_TO_STOP_WAITING {
+                    first.queued() + config.max_queue_delay
+                } else {
+                    // Take only what is queued already.
+                    Instant::now()
+                };
                 let mut rows = rows_of(&first);
                 let mut batch = vec![first];
                 while rows < config.max_batch_size {
@@ -235,6 +253,11 @@ pub fn work<B: Backend>(
                             break
                         }
                     }
+                }
+                if batch.len() > 1 || pending.is_some() {
+                    lone_gatherings = 0;
+                } else {
+                    lone_gatherings += 1;
                 }
                 if matches!(batch[0], Work::Texts { .. }) {
                     run_texts(&model, batch, metrics);

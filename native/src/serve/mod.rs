@@ -43,7 +43,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8)]
     max_batch_size: usize,
     /// Longest a request waits for others to share its model run, in milliseconds (0: no
-    /// dynamic batching).
+    /// dynamic batching). It waits only while requests come together: after three model runs
+    /// in a row that found no company, each starts at once with what is queued.
     #[arg(long, default_value_t = 5)]
     max_queue_delay_ms: u64,
     /// Requests waiting per model before new ones are refused with 503.
