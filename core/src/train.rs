@@ -19,6 +19,7 @@ use futures_lite::future::block_on;
 
 use crate::distributed::DataParallel;
 use crate::error::{CollectiveError, TrainingError};
+use crate::model::cpu::on_pool;
 use crate::optim::{module_params, Lamb, LambConfig, LossScaler, LrSchedule, StepOutcome};
 
 /// What one step did.
@@ -102,12 +103,13 @@ impl<AB: AutodiffBackend, M: AutodiffModule<AB>> Trainer<AB, M> {
     ///
     /// Blocks until the device reports the losses; in a browser on WebGPU use
     /// [`Self::step_async`].
-    pub fn step<T>(
+    /// On the CPU backend the step runs on its threads (see `model::cpu::on_pool`).
+    pub fn step<T: Sync>(
         &mut self,
         micro_batches: &[T],
-        loss: impl Fn(&M, &T) -> Vec<Tensor<AB, 1>>,
+        loss: impl Fn(&M, &T) -> Vec<Tensor<AB, 1>> + Send,
     ) -> Result<TrainStep, TrainingError> {
-        block_on(self.step_async(micro_batches, loss))
+        on_pool::<AB, _>(|| block_on(self.step_async(micro_batches, loss)))
     }
 
     /// [`Self::step`], reading the losses and gradient norm back without blocking.

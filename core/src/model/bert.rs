@@ -27,6 +27,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
+use crate::model::cpu;
 use crate::model::ops::{self, attention, dropout, LayerNorm};
 use crate::model::precision::{full, linear, Precision};
 use crate::model::BertInput;
@@ -276,7 +277,17 @@ impl<B: Backend> BertModel<B> {
         self.run(input, true)
     }
 
+    /// [`Self::encode`], on the CPU backend's threads (see `cpu::on_pool`).
     fn run(
+        &self,
+        input: BertInput<B>,
+        keep_hidden_states: bool,
+    ) -> (BertOutput<B>, Vec<Tensor<B, 3>>) {
+        cpu::on_pool::<B, _>(|| self.encode(input, keep_hidden_states))
+    }
+
+    /// Embeddings, the layers, the pooler; with every layer's input when `keep_hidden_states`.
+    fn encode(
         &self,
         input: BertInput<B>,
         keep_hidden_states: bool,

@@ -299,11 +299,12 @@ pub fn fine_tune<AB, M, T>(
     defaults: TaskDefaults,
     data_parallel: Option<&DataParallel>,
     log: &mut DlLogger,
-    loss: impl Fn(&M, &[&T]) -> Tensor<AB, 1>,
+    loss: impl Fn(&M, &[&T]) -> Tensor<AB, 1> + Sync,
 ) -> Result<(M, TrainSummary)>
 where
     AB: AutodiffBackend,
     M: AutodiffModule<AB>,
+    T: Sync,
 {
     let (rank, world_size) = data_parallel.map_or((0, 1), |data_parallel| {
         let collective = &data_parallel.collective;
