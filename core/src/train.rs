@@ -103,20 +103,24 @@ impl<AB: AutodiffBackend, M: AutodiffModule<AB>> Trainer<AB, M> {
     ///
     /// Blocks until the device reports the losses; in a browser on WebGPU use
     /// [`Self::step_async`].
-    /// On the CPU backend the step runs on its threads (see `model::cpu::on_pool`).
     pub fn step<T: Sync>(
         &mut self,
         micro_batches: &[T],
         loss: impl Fn(&M, &T) -> Vec<Tensor<AB, 1>> + Send,
     ) -> Result<TrainStep, TrainingError> {
-        on_pool::<AB, _>(|| block_on(self.step_async(micro_batches, loss)))
+        block_on(self.step_async(micro_batches, loss))
     }
 
     /// [`Self::step`], reading the losses and gradient norm back without blocking.
-    pub async fn step_async<T>(
+    ///
+    /// On the CPU backend the forward and backward passes and the optimizer's update run on its
+    /// pool's threads (see `model::cpu::on_pool`); the gradients' all-reduce does not, so that
+    /// ranks which are threads of one process never wait for each other on a thread the pool
+    /// may need.
+    pub async fn step_async<T: Sync>(
         &mut self,
         micro_batches: &[T],
-        loss: impl Fn(&M, &T) -> Vec<Tensor<AB, 1>>,
+        loss: impl Fn(&M, &T) -> Vec<Tensor<AB, 1>> + Send,
     ) -> Result<TrainStep, TrainingError> {
         let next = self.step_count() + 1;
         AB::seed(
@@ -127,27 +131,34 @@ impl<AB: AutodiffBackend, M: AutodiffModule<AB>> Trainer<AB, M> {
         );
         let accumulation = micro_batches.len().max(1) as f64;
         let loss_scale = self.loss_scaler.scale();
-        let mut accumulator = GradientsAccumulator::new();
-        let mut sums: Vec<Tensor<AB::InnerBackend, 1>> = Vec::new();
-        for batch in micro_batches {
-            let terms = loss(&self.model, batch);
-            let objective = terms
-                .iter()
-                .cloned()
-                .reduce(|a, b| a + b)
-                .expect("a loss has at least one term")
-                * (loss_scale / accumulation);
-            let grads = GradientsParams::from_grads(objective.backward(), &self.model);
-            accumulator.accumulate(&self.model, grads);
-            for (index, term) in terms.into_iter().enumerate() {
-                let term = term.inner() / accumulation;
-                if index < sums.len() {
-                    sums[index] = sums[index].clone() + term;
-                } else {
-                    sums.push(term);
+        // Borrowed mutably (and moved in) so that the closure is `Send` for a model that is only
+        // `Send`.
+        let model = &mut self.model;
+        let (mut accumulator, mut sums) = on_pool::<AB, _>(move || {
+            let model: &M = model;
+            let mut accumulator = GradientsAccumulator::new();
+            let mut sums: Vec<Tensor<AB::InnerBackend, 1>> = Vec::new();
+            for batch in micro_batches {
+                let terms = loss(model, batch);
+                let objective = terms
+                    .iter()
+                    .cloned()
+                    .reduce(|a, b| a + b)
+                    .expect("a loss has at least one term")
+                    * (loss_scale / accumulation);
+                let grads = GradientsParams::from_grads(objective.backward(), model);
+                accumulator.accumulate(model, grads);
+                for (index, term) in terms.into_iter().enumerate() {
+                    let term = term.inner() / accumulation;
+                    if index < sums.len() {
+                        sums[index] = sums[index].clone() + term;
+                    } else {
+                        sums.push(term);
+                    }
                 }
             }
-        }
+            (accumulator, sums)
+        });
         let grads = accumulator.grads();
         let (mut params, placement) = module_params(&self.model, &grads);
         // The gathered gradients are then the only holders of their buffers, which the CPU step
@@ -163,9 +174,10 @@ impl<AB: AutodiffBackend, M: AutodiffModule<AB>> Trainer<AB, M> {
         let lr = self.schedule.lr(next);
         let global_grad_norm = match outcome {
             StepOutcome::Applied => {
-                let step = self
-                    .optimizer
-                    .step_scaled(lr, params, squared_norm, loss_scale);
+                let optimizer = &mut self.optimizer;
+                let step = on_pool::<AB, _>(move || {
+                    optimizer.step_scaled(lr, params, squared_norm, loss_scale)
+                });
                 self.model = placement.scatter(self.model.clone(), step.values);
                 scaled_norm / loss_scale
             }
@@ -228,6 +240,11 @@ mod tests {
     /// A tiny classifier. Tests that compare trainers clone one model: the backend's seed is
     /// global, so concurrent tests could otherwise interleave their draws.
     fn model() -> Model {
+        model_on()
+    }
+
+    /// [`model`] on backend `B`.
+    fn model_on<B: AutodiffBackend>() -> BertForSequenceClassification<B> {
         let config = BertConfig {
             vocab_size: 30,
             hidden_size: 16,
@@ -239,14 +256,17 @@ mod tests {
             attention_probs_dropout_prob: 0.0,
             ..BertConfig::base()
         };
-        let model = Model::new(&config, 2, &Default::default());
+        let model = BertForSequenceClassification::new(&config, 2, &Default::default());
         // Parameters are initialised lazily, on first use: without this each clone would draw
         // its own values.
         let record = model.clone().into_record();
         model.load_record(record)
     }
 
-    fn trainer(model: Model, scaling: LossScaling) -> Trainer<AB, Model> {
+    fn trainer<B: AutodiffBackend>(
+        model: BertForSequenceClassification<B>,
+        scaling: LossScaling,
+    ) -> Trainer<B, BertForSequenceClassification<B>> {
         let mut trainer = Trainer::new(
             model,
             LambConfig::default(),
@@ -259,7 +279,11 @@ mod tests {
     }
 
     /// Mean cross-entropy of `rows` (token ids) against their `labels`.
-    fn classification_loss(model: &Model, rows: Vec<Vec<i64>>, labels: Vec<i64>) -> Tensor<AB, 1> {
+    fn classification_loss<B: AutodiffBackend>(
+        model: &BertForSequenceClassification<B>,
+        rows: Vec<Vec<i64>>,
+        labels: Vec<i64>,
+    ) -> Tensor<B, 1> {
         let config = BertConfig {
             vocab_size: 30,
             max_position_embeddings: 8,
@@ -285,7 +309,9 @@ mod tests {
         vec![classification_loss(model, rows, vec![0, 1]) * *factor]
     }
 
-    fn weights(trainer: &Trainer<AB, Model>) -> Vec<f32> {
+    fn weights<B: AutodiffBackend>(
+        trainer: &Trainer<B, BertForSequenceClassification<B>>,
+    ) -> Vec<f32> {
         let layer = &trainer.model.bert.encoder.layers[0];
         let mut values = layer
             .attention
@@ -403,6 +429,50 @@ mod tests {
                 assert!((a - b).abs() < 1e-6, "logged loss {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn ranks_on_threads_outnumbering_the_cpu_pool_all_finish() {
+        // On Flex the passes run on rayon's pool, the all-reduce outside it: were it inside, ranks
+        // that are threads of one process, more of them than the pool has threads, would hold
+        // every pool thread waiting for a rank that needs one.
+        type OnFlex = Autodiff<burn::backend::flex::Flex>;
+        let ranks = rayon::current_num_threads() + 2;
+        let start = model_on::<OnFlex>();
+        let (done, finished) = std::sync::mpsc::channel();
+        for rank in crate::distributed::LocalGroup::ranks(ranks) {
+            let (start, done) = (start.clone(), done.clone());
+            std::thread::spawn(move || {
+                let r = rank.rank() as i64;
+                let mut trainer = trainer(start, LossScaling::None);
+                let data_parallel = DataParallel {
+                    collective: std::sync::Arc::new(rank),
+                    reduce_in_half: false,
+                };
+                trainer.join(data_parallel).unwrap();
+                for step in 0..2 {
+                    let rows = [vec![2, 4 + r, 5 + step, 3]];
+                    trainer
+                        .step(&rows, |model, row| {
+                            vec![classification_loss(model, vec![row.clone()], vec![r % 2])]
+                        })
+                        .unwrap();
+                }
+                done.send(weights(&trainer)).unwrap();
+            });
+        }
+        let timeout = std::time::Duration::from_secs(120);
+        let weights: Vec<Vec<f32>> = (0..ranks)
+            .map(|_| {
+                finished
+                    .recv_timeout(timeout)
+                    .expect("every rank finishes its steps")
+            })
+            .collect();
+        assert!(
+            weights.iter().all(|w| w == &weights[0]),
+            "the ranks' weights agree"
+        );
     }
 
     #[test]
