@@ -132,7 +132,7 @@ pub struct BatchingConfig {
 
 /// Gatherings in a row that found a single request, after which a worker stops waiting for
 /// company (until a gathering finds some).
-pub const LONE_GATHERINGS_TO_STOP_WAITING: u32 = 3;
+const LONE_GATHERINGS_TO_STOP_WAITING: u32 = 3;
 
 /// Largest batch sizes counted apart in the metrics (larger ones land in the last bucket).
 pub const BATCH_SIZE_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
@@ -257,7 +257,8 @@ pub fn work<B: Backend>(
                 if batch.len() > 1 || pending.is_some() {
                     lone_gatherings = 0;
                 } else {
-                    lone_gatherings += 1;
+                    // Held at the bound, past which it changes nothing (so it never overflows).
+                    lone_gatherings = (lone_gatherings + 1).min(LONE_GATHERINGS_TO_STOP_WAITING);
                 }
                 if matches!(batch[0], Work::Texts { .. }) {
                     run_texts(&model, batch, metrics);
