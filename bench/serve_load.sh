@@ -8,12 +8,14 @@
 #
 # needs scripts/fetch-test-model.sh. With no argument it times this checkout's release build;
 # given several binaries (a before and an after), it times them in turn, round after round.
-# Environment: REQUESTS (64; a quarter of them at one client), ROUNDS (1), PORT (8127).
+# Environment: REQUESTS (64; a quarter of them at one client), ROUNDS (1), PORT (8127),
+# SERVE_FLAGS (more `serve` flags for every server, e.g. `--backend ndarray`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-64}
 ROUNDS=${ROUNDS:-1}
 PORT=${PORT:-8127}
+read -r -a extra_flags <<< "${SERVE_FLAGS:-}"
 if [ $# -eq 0 ]; then
   cargo build --release -q -p bert-native
   set -- "$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/bert-native"
@@ -31,7 +33,7 @@ for round in $(seq "$ROUNDS"); do
   for binary in "$@"; do
     for mode in batching none; do
       if [ "$mode" = batching ]; then flags=(--max-batch-size 8 --max-queue-delay-ms 5); else flags=(--max-batch-size 1 --max-queue-delay-ms 0); fi
-      "$binary" serve --model-repository "$repository" --http-port "$PORT" --max-queue-size 256 "${flags[@]}" 2>/dev/null &
+      "$binary" serve --model-repository "$repository" --http-port "$PORT" --max-queue-size 256 "${flags[@]}" "${extra_flags[@]}" 2>/dev/null &
       server=$!
       until curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null; do sleep 0.2; done
       python3 bench/serve_load.py --port "$PORT" --clients 2 --requests 16 >/dev/null

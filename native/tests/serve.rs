@@ -81,6 +81,8 @@ fn repository(root: &Path) -> (PathBuf, PathBuf) {
 struct Server {
     child: Child,
     port: u16,
+    /// What it printed before it listened.
+    startup: Vec<String>,
     stderr: mpsc::Receiver<String>,
 }
 
@@ -125,6 +127,7 @@ impl Server {
                 let _ = lines.send(line);
             }
         });
+        let mut startup = Vec::new();
         let port = loop {
             let line = stderr
                 .recv_timeout(Duration::from_secs(120))
@@ -133,10 +136,12 @@ impl Server {
                 let address = address.split_whitespace().next().unwrap();
                 break address.rsplit(':').next().unwrap().parse().unwrap();
             }
+            startup.push(line);
         };
         Self {
             child,
             port,
+            startup,
             stderr,
         }
     }
@@ -312,6 +317,15 @@ fn serves_like_encode_and_qa_batches_requests_and_speaks_to_the_triton_client() 
         &["--max-batch-size", "8", "--max-queue-delay-ms", "300"],
     );
     let port = server.port;
+    // Each model ran twice (which packs its weights) before the server listened.
+    for model in ["minilm", "qa", "sentiment"] {
+        let announced = format!("model {model}: loaded and warmed up (");
+        assert!(
+            server.startup.iter().any(|l| l.starts_with(&announced)),
+            "{:?}",
+            server.startup
+        );
+    }
 
     assert_eq!(http(port, "GET", "/v2/health/live", &[], b"").status, 200);
     assert_eq!(http(port, "GET", "/v2/health/ready", &[], b"").status, 200);

@@ -1,6 +1,7 @@
 //! `bert-native serve`: the models of a repository behind the KServe v2 / Triton HTTP protocol,
 //! with dynamic batching. The HTTP side (axum on tokio) never computes: each model has a worker
-//! thread fed by a bounded queue (see [`batcher`]).
+//! thread fed by a bounded queue (see [`batcher`]). Each model is loaded and warmed up
+//! ([`ServedModel::warm_up`]) before the server listens.
 
 mod batcher;
 mod connections;
@@ -86,6 +87,12 @@ impl Job for ServeJob {
         let mut workers = Vec::new();
         for folder in &self.folders {
             let model = ServedModel::<B>::load(folder, &device)?;
+            let warm_up = model.warm_up(&device)?;
+            eprintln!(
+                "model {}: loaded and warmed up ({} ms)",
+                model.name,
+                warm_up.as_millis()
+            );
             let (sender, receiver) = sync_channel(self.args.max_queue_size.max(1));
             let metrics = Arc::new(Metrics::default());
             models.push(http::ModelEntry {
