@@ -8,13 +8,14 @@
 #   scripts/install-deps.sh test         # the test command: also Mesa's lavapipe (wgpu without a
 #                                        # GPU), Python's pip and venv (the test checkpoint and the
 #                                        # Triton client), Chromium, Node.js and npm (the browser test),
-#                                        # iproute2 (two hosts in network namespaces)
+#                                        # iproute2 and nftables (two hosts in network
+#                                        # namespaces, and a lossy link between them)
 set -euo pipefail
 
 case "${1:-}" in
   quickstart) packages=(libhdf5-dev pkg-config) ;;
   test) packages=(libhdf5-dev pkg-config mesa-vulkan-drivers libvulkan1 python3-pip python3-venv
-                  chromium curl nodejs iproute2)
+                  chromium curl nodejs iproute2 nftables)
         # Debian ships npm apart from nodejs; NodeSource's nodejs includes it (and conflicts with it).
         command -v npm >/dev/null 2>&1 || packages+=(npm) ;;
   *) echo "usage: $0 quickstart|test" >&2; exit 2 ;;

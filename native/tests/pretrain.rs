@@ -789,7 +789,8 @@ fn a_failing_rank_takes_the_job_down() {
 /// which the test command installs). Removed when dropped.
 struct TwoHosts {
     names: [String; 2],
-    link: String,
+    /// The link's two ends, on host 0 and on host 1.
+    ends: [String; 2],
 }
 
 impl TwoHosts {
@@ -802,7 +803,7 @@ impl TwoHosts {
         let id = format!("{}{pair}", std::process::id() % 100_000);
         let names = [format!("bert-{id}-a"), format!("bert-{id}-b")];
         let hosts = Self {
-            link: format!("bv{id}a"),
+            ends: [format!("bv{id}a"), format!("bv{id}b")],
             names,
         };
         let ip = |args: &[&str]| {
@@ -817,22 +818,21 @@ impl TwoHosts {
             );
         };
         let [a, b] = &hosts.names;
-        let peer = format!("bv{id}b");
         ip(&["netns", "add", a]);
         ip(&["netns", "add", b]);
         ip(&[
             "link",
             "add",
-            &hosts.link,
+            &hosts.ends[0],
             "type",
             "veth",
             "peer",
             "name",
-            &peer,
+            &hosts.ends[1],
         ]);
         for (host, device, address) in [
-            (a, &hosts.link, Self::ADDRESSES[0]),
-            (b, &peer, Self::ADDRESSES[1]),
+            (a, &hosts.ends[0], Self::ADDRESSES[0]),
+            (b, &hosts.ends[1], Self::ADDRESSES[1]),
         ] {
             ip(&["link", "set", device, "netns", host]);
             ip(&[
@@ -899,10 +899,81 @@ impl TwoHosts {
     /// Cuts the link between the hosts: no packet passes, and neither side is told.
     fn cut(&self) {
         let status = Command::new("ip")
-            .args(["-n", &self.names[0], "link", "del", &self.link])
+            .args(["-n", &self.names[0], "link", "del", &self.ends[0]])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Makes the link slow and lossy in both directions (needs iproute2's `tc` and nftables'
+    /// `nft`, which the test command installs; this kernel has no `netem` queue, which would
+    /// delay and drop packets in one place): each end sends through a token bucket of
+    /// `megabits` per second whose short queue delays bursts (up to 20 ms) and drops what
+    /// overflows it, and each host drops `percent_lost` percent of the TCP packets it receives,
+    /// at random.
+    fn degrade(&self, megabits: u32, percent_lost: u32) {
+        for (host, end) in self.names.iter().zip(&self.ends) {
+            let run = |program: &str, args: &[&str], stdin: Option<&str>| {
+                let mut child = Command::new("ip")
+                    .args(["netns", "exec", host, program])
+                    .args(args)
+                    .stdin(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+                if let Some(text) = stdin {
+                    use std::io::Write;
+                    child
+                        .stdin
+                        .take()
+                        .unwrap()
+                        .write_all(text.as_bytes())
+                        .unwrap();
+                }
+                let output = child.wait_with_output().unwrap();
+                assert!(
+                    output.status.success(),
+                    "{program} {args:?}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            };
+            let rate = format!("{megabits}mbit");
+            run(
+                "tc",
+                &[
+                    "qdisc", "add", "dev", end, "root", "tbf", "rate", &rate, "burst", "32kb",
+                    "latency", "20ms",
+                ],
+                None,
+            );
+            let rules = format!(
+                "table inet lossy {{\n chain input {{\n  type filter hook input priority 0;\n  \
+                 meta l4proto tcp numgen random mod 100 < {percent_lost} counter drop\n }}\n}}\n"
+            );
+            run("nft", &["-f", "-"], Some(&rules));
+        }
+    }
+
+    /// The TCP packets both hosts dropped on arrival (`degrade`'s random loss).
+    fn packets_lost(&self) -> u64 {
+        self.names
+            .iter()
+            .map(|host| {
+                let output = Command::new("ip")
+                    .args([
+                        "netns", "exec", host, "nft", "list", "table", "inet", "lossy",
+                    ])
+                    .output()
+                    .unwrap();
+                let listing = String::from_utf8_lossy(&output.stdout).into_owned();
+                let count = listing
+                    .split("counter packets ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|n| n.parse::<u64>().ok());
+                count.unwrap_or_else(|| panic!("no drop counter in {listing}"))
+            })
+            .sum()
     }
 }
 
@@ -960,6 +1031,45 @@ fn a_cut_link_between_two_hosts_stops_both_within_seconds() {
         elapsed < std::time::Duration::from_secs(60),
         "both hosts stopped {elapsed:?} after the cut"
     );
+}
+
+/// One rank on each of two hosts whose link is slow and loses packets (`TwoHosts::degrade`: 100
+/// Mbit/s, 2% of TCP packets dropped at random on arrival): the job only takes longer, and ends on
+/// the weights of the same job on one host, bit for bit.
+#[test]
+fn a_slow_lossy_link_between_two_hosts_changes_no_weight() {
+    let tmp = TempDir::new("two-hosts-lossy");
+    let config = small_config(&tmp.0);
+    let straight = tmp.0.join("straight");
+    succeed(&as_strs(&launch_args(
+        2,
+        &as_strs(&small_run(&config, &straight, 4, &[])),
+    )));
+    let expected = std::fs::read(straight.join("model.safetensors")).unwrap();
+
+    let hosts = TwoHosts::new();
+    hosts.degrade(100, 2);
+    let out = tmp.0.join("two-hosts");
+    let args = small_run(&config, &out, 4, &[]);
+    for node in [
+        hosts.launch(0, &as_strs(&args)),
+        hosts.launch(1, &as_strs(&args)),
+    ] {
+        let output = node.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        expected,
+        "two hosts over a lossy link: the weights of the same job on one host"
+    );
+    let lost = hosts.packets_lost();
+    assert!(lost > 0, "the link lost no packet: nothing was tested");
+    eprintln!("packets lost on the link: {lost}");
 }
 
 /// One rank on each of two hosts, pretraining with a checkpoint every step: when one host's rank
