@@ -785,6 +785,15 @@ fn a_failing_rank_takes_the_job_down() {
     );
 }
 
+/// The weights after `steps` steps of [`small_run`] by two ranks on this host, written to `out`.
+fn weights_on_one_host(config: &Path, out: &Path, steps: u64, extra: &[&str]) -> Vec<u8> {
+    succeed(&as_strs(&launch_args(
+        2,
+        &as_strs(&small_run(config, out, steps, extra)),
+    )));
+    std::fs::read(out.join("model.safetensors")).unwrap()
+}
+
 /// Two hosts on one machine: network namespaces joined by a veth pair (needs root and iproute2,
 /// which the test command installs). Removed when dropped.
 struct TwoHosts {
@@ -873,6 +882,18 @@ impl TwoHosts {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("ip netns exec runs")
+    }
+
+    /// `command` on both hosts, each node expected to finish successfully.
+    fn run(&self, command: &[&str]) {
+        for node in [self.launch(0, command), self.launch(1, command)] {
+            let output = node.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
     }
 
     /// Kills (SIGKILL) the training rank running on host `node`, leaving its launcher to notice.
@@ -992,28 +1013,20 @@ impl Drop for TwoHosts {
 #[test]
 fn a_cut_link_between_two_hosts_stops_both_within_seconds() {
     let hosts = TwoHosts::new();
-    let job = |iterations: &str| {
+    let job = |iterations| {
         let elements = "2000000";
-        let args = [
+        [
             "bench",
             "allreduce",
             "--elements",
             elements,
             "--iterations",
             iterations,
-        ];
-        [hosts.launch(0, &args), hosts.launch(1, &args)]
+        ]
     };
-    for node in job("3") {
-        let output = node.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    hosts.run(&job("3"));
 
-    let nodes = job("1000000");
+    let nodes = [0, 1].map(|node| hosts.launch(node, &job("1000000")));
     std::thread::sleep(std::time::Duration::from_secs(6));
     hosts.cut();
     let cut = std::time::Instant::now();
@@ -1040,28 +1053,12 @@ fn a_cut_link_between_two_hosts_stops_both_within_seconds() {
 fn a_slow_lossy_link_between_two_hosts_changes_no_weight() {
     let tmp = TempDir::new("two-hosts-lossy");
     let config = small_config(&tmp.0);
-    let straight = tmp.0.join("straight");
-    succeed(&as_strs(&launch_args(
-        2,
-        &as_strs(&small_run(&config, &straight, 4, &[])),
-    )));
-    let expected = std::fs::read(straight.join("model.safetensors")).unwrap();
+    let expected = weights_on_one_host(&config, &tmp.0.join("straight"), 4, &[]);
 
     let hosts = TwoHosts::new();
     hosts.degrade(100, 2);
     let out = tmp.0.join("two-hosts");
-    let args = small_run(&config, &out, 4, &[]);
-    for node in [
-        hosts.launch(0, &as_strs(&args)),
-        hosts.launch(1, &as_strs(&args)),
-    ] {
-        let output = node.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    hosts.run(&as_strs(&small_run(&config, &out, 4, &[])));
     assert_eq!(
         std::fs::read(out.join("model.safetensors")).unwrap(),
         expected,
@@ -1081,12 +1078,7 @@ fn a_rank_killed_on_one_host_stops_both_and_both_resume_exactly() {
     let tmp = TempDir::new("two-hosts-resume");
     let config = small_config(&tmp.0);
     let every_step = ["--num-steps-per-checkpoint", "1"];
-    let straight = tmp.0.join("straight");
-    succeed(&as_strs(&launch_args(
-        2,
-        &as_strs(&small_run(&config, &straight, 8, &every_step)),
-    )));
-    let expected = std::fs::read(straight.join("model.safetensors")).unwrap();
+    let expected = weights_on_one_host(&config, &tmp.0.join("straight"), 8, &every_step);
 
     let hosts = TwoHosts::new();
     let out = tmp.0.join("two-hosts");
@@ -1127,17 +1119,7 @@ fn a_rank_killed_on_one_host_stops_both_and_both_resume_exactly() {
 
     let mut resume = args.clone();
     resume.push("--resume-from-checkpoint".into());
-    for node in [
-        hosts.launch(0, &as_strs(&resume)),
-        hosts.launch(1, &as_strs(&resume)),
-    ] {
-        let output = node.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    hosts.run(&as_strs(&resume));
     assert_eq!(
         std::fs::read(out.join("model.safetensors")).unwrap(),
         expected,
